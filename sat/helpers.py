@@ -1,0 +1,135 @@
+"""Logging and small utilities shared by the whole package.
+
+Messages go through the logger named ``sat``; its level comes from ``SAT_LOGLEVEL`` (or
+``LOGLEVEL``), default INFO. In a distributed run each message carries its global rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import socket
+import textwrap
+
+import torch
+
+
+def _configure_logger() -> logging.Logger:
+    logger = logging.getLogger("sat")
+    level = os.environ.get("LOGLEVEL") or os.environ.get("SAT_LOGLEVEL") or "INFO"
+    logger.setLevel(level.upper())
+    if not any(getattr(h, "_sat_handler", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s] [%(levelname)s] %(message)s"))
+        handler._sat_handler = True
+        logger.addHandler(handler)
+        # Our handler prints; stopping propagation avoids printing twice when the user has
+        # configured the root logger too.
+        logger.propagate = False
+    return logger
+
+
+logger = _configure_logger()
+
+
+def _as_level(level: int | str) -> int:
+    if isinstance(level, str):
+        return getattr(logging, level.upper())
+    return level
+
+
+def _distributed_rank() -> int | None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return None
+
+
+def print_rank0(msg: object, level: int | str = logging.INFO, flush: bool = True) -> None:
+    """Log ``msg`` once: on global rank 0, or in a process without ``torch.distributed``."""
+    rank = _distributed_rank()
+    if rank is None:
+        logger.log(_as_level(level), msg)
+    elif rank == 0:
+        logger.log(_as_level(level), f"[RANK {rank}] {msg}")
+    if flush:
+        _flush()
+
+
+def print_all(msg: object, level: int | str = logging.INFO, flush: bool = True) -> None:
+    """Log ``msg`` on every rank, prefixed with the rank in a distributed run."""
+    rank = _distributed_rank()
+    logger.log(_as_level(level), msg if rank is None else f"[RANK {rank}] {msg}")
+    if flush:
+        _flush()
+
+
+def _flush() -> None:
+    for handler in logger.handlers:
+        handler.flush()
+
+
+def print_parser(parser: argparse.ArgumentParser, help_width: int = 32) -> None:
+    """Print every option of ``parser`` as a table: name, help, type and default."""
+    rows = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) or "--help" in action.option_strings:
+            continue
+        name = ", ".join(opt.lstrip("-") for opt in action.option_strings) or action.dest
+        kind = action.type.__name__ if action.type else ("bool" if action.nargs == 0 else "str")
+        rows.append((name, action.help or "", kind, str(action.default)))
+    name_width = max(len(row[0]) for row in rows)
+    rule = "-" * (name_width + help_width + 24)
+    print(rule)
+    print(f"{'Argument'.ljust(name_width)}  {'Help'.ljust(help_width)}  {'Type'.ljust(8)}  Default")
+    print(rule)
+    wrapper = textwrap.TextWrapper(width=help_width)
+    for name, help_text, kind, default in rows:
+        lines = wrapper.wrap(help_text) or [""]
+        print(f"{name.ljust(name_width)}  {lines[0].ljust(help_width)}  {kind.ljust(8)}  {default}")
+        for line in lines[1:]:
+            print(f"{''.ljust(name_width)}  {line}")
+
+
+def _print_columns(items: list[str], spacing: int = 2) -> None:
+    width = max(len(s) for s in items) + spacing
+    columns = max(1, shutil.get_terminal_size().columns // width)
+    rows = (len(items) + columns - 1) // columns
+    for row in range(rows):
+        print("".join(items[row + col * rows].ljust(width) for col in range(columns) if row + col * rows < len(items)))
+
+
+def list_avail_models() -> list[str]:
+    """Print and return the model classes in ``sat.model.official``."""
+    from sat.model import official
+
+    names = sorted(name for name in dir(official) if isinstance(getattr(official, name), type))
+    print('Available model definitions (example: "from sat.model import GPT2Model"):')
+    _print_columns(names)
+    return names
+
+
+def list_avail_pretrained() -> list[str]:
+    """Print and return the names ``from_pretrained`` can download (``MODEL_URLS``)."""
+    from sat.resources.urls import MODEL_URLS
+
+    names = list(MODEL_URLS)
+    print('Available pretrained models (example: sat.AutoModel.from_pretrained("roberta-base")):')
+    _print_columns(names)
+    return names
+
+
+def get_free_port() -> int:
+    """A TCP port on localhost that is free at the time of the call."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_if_zero3(args: argparse.Namespace) -> bool:
+    """True when ``args`` asks for DeepSpeed ZeRO stage 3."""
+    config = getattr(args, "deepspeed_config", None)
+    if isinstance(config, dict):
+        return config.get("zero_optimization", {}).get("stage", 0) == 3
+    return getattr(args, "zero_stage", 0) == 3 and getattr(args, "deepspeed", False)

@@ -1,0 +1,325 @@
+"""``BaseModel`` (a backbone plus mixins) and ``BaseMixin`` (a bundle of hooks and parameters)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+
+from sat.helpers import print_all, print_rank0
+from sat.model.hooks import HookError, collect_hooks, describe_chains, non_conflict, replacable
+from sat.model.registry import MetaModel
+from sat.model.transformer import BaseTransformer
+from sat.transformer_defaults import ARGS_DEFAULT
+
+__all__ = [
+    "AutoModel",
+    "BaseMixin",
+    "BaseModel",
+    "HookError",
+    "get_model",
+    "non_conflict",
+    "replacable",
+]
+
+# Arguments BaseModel reads from ``args`` besides ARGS_DEFAULT (unless a subclass passes them).
+_REQUIRED_ARGS = ("num_layers", "vocab_size", "hidden_size", "num_attention_heads", "max_sequence_length")
+
+
+class BaseMixin(torch.nn.Module):
+    """A set of hooks (methods named after hooks) and the parameters they use.
+
+    Inside a hook ``self`` is the mixin; ``self.transformer`` is the model's backbone, set when
+    the mixin is added. Mark a hook ``@BaseMixin.non_conflict`` to wrap earlier hooks (it gets
+    them as ``old_impl``), or ``@BaseMixin.replacable`` to let later mixins replace it.
+    """
+
+    non_conflict = non_conflict
+    replacable = replacable
+
+    def reinit(self, parent_model: BaseModel | None = None) -> None:
+        """(Re)initialise this mixin's parameters, e.g. from the backbone's weights. Called by
+        ``add_mixin(..., reinit=True)`` and when a finetune checkpoint lacks them."""
+
+
+class BaseModel(torch.nn.Module, metaclass=MetaModel):
+    """A ``BaseTransformer`` configured from ``args``, plus mixins.
+
+    Keyword arguments override the values read from ``args`` (``is_decoder=True``,
+    ``layernorm=RMSNorm``, ``activation_func=...``), so subclasses fix what their architecture
+    needs. ``forward(input_ids, position_ids, attention_mask, **kw_args)`` returns
+    ``(logits, *output_per_layers)``.
+    """
+
+    def __init__(self, args, transformer: BaseTransformer | None = None, params_dtype=torch.float, **kwargs):
+        super().__init__()
+        self.mixins = torch.nn.ModuleDict()
+        self.collect_hooks_()
+        if transformer is not None:
+            self.transformer = transformer
+            return
+        from sat.arguments import ensure_model_parallel
+
+        ensure_model_parallel(getattr(args, "model_parallel_size", 1))
+        self._weights_may_be_missing = kwargs.get("skip_init", getattr(args, "skip_init", False))
+        self.transformer = BaseTransformer(**self._transformer_kwargs(args, params_dtype, kwargs))
+
+    def _transformer_kwargs(self, args, params_dtype: torch.dtype, overrides: dict) -> dict:
+        missing = [name for name in _REQUIRED_ARGS if name not in overrides and not hasattr(args, name)]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} needs args.{', args.'.join(missing)}. Build args with "
+                f"{type(self).__name__}.get_args(...) or sat.get_args()."
+            )
+        values = {name: getattr(args, name, None) for name in _REQUIRED_ARGS}
+        values["layernorm_order"] = getattr(args, "layernorm_order", "pre")
+        values["skip_init"] = getattr(args, "skip_init", False)
+        values.update({key: getattr(args, attr, default) for key, (attr, default) in ARGS_DEFAULT.items()})
+        values.update(hooks=self.hooks, params_dtype=params_dtype, device=_init_device(args))
+        values.update(overrides)  # the subclass knows its architecture best
+        return values
+
+    # ----------------------------------------------------------------- hooks and mixins
+    def collect_hooks_(self) -> dict[str, Callable]:
+        """Rebuild ``self.hooks`` and ``self.hook_origins`` from the class and the mixins."""
+        collected = collect_hooks(self, BaseModel, BaseMixin)
+        self.hooks = collected.hooks
+        self.hook_origins = collected.origins
+        self._hook_chains = collected.chains
+        return self.hooks
+
+    def describe_hooks(self) -> str:
+        """A readable table: for every hook, who implements it, outermost first."""
+        return describe_chains(self._hook_chains)
+
+    def add_mixin(self, name: str, new_mixin: BaseMixin, reinit: bool = False) -> None:
+        """Add ``new_mixin`` under ``name``; its hooks take effect at once. With ``reinit``, call
+        ``new_mixin.reinit(self)`` to initialise it from the current model."""
+        if name in self.mixins:
+            raise ValueError(f"a mixin named {name!r} already exists in {type(self).__name__}")
+        if not isinstance(new_mixin, BaseMixin):
+            raise TypeError(f"add_mixin expects a BaseMixin, got {type(new_mixin).__name__}")
+        self.mixins[name] = new_mixin
+        object.__setattr__(new_mixin, "transformer", self.transformer)
+        try:
+            self.collect_hooks_()
+        except HookError:
+            del self.mixins[name]  # leave the model as it was
+            self.collect_hooks_()
+            raise
+        if reinit:
+            new_mixin.reinit(self)
+
+    def del_mixin(self, name: str) -> BaseMixin:
+        """Remove mixin ``name`` (and its hooks); returns it."""
+        if name not in self.mixins:
+            raise KeyError(f"no mixin named {name!r}; mixins: {list(self.mixins)}")
+        mixin = self.mixins[name]
+        del self.mixins[name]
+        self.collect_hooks_()
+        return mixin
+
+    def get_mixin(self, name: str) -> BaseMixin:
+        """The mixin added as ``name``."""
+        if name not in self.mixins:
+            raise KeyError(f"no mixin named {name!r}; mixins: {list(self.mixins)}")
+        return self.mixins[name]
+
+    def reinit(self, mixin_names: list[str] | None = None) -> None:
+        """Call ``reinit`` on the named mixins (all when ``None``)."""
+        for name, mixin in self.mixins.items():
+            if mixin_names is None or name in mixin_names:
+                mixin.reinit(self)
+
+    def disable_untrainable_params(self) -> None:
+        """Freeze parameters before training; subclasses override (the default freezes none)."""
+
+    # ----------------------------------------------------------------- forward
+    _weights_may_be_missing = False  # True after a skip_init build, until weights are checked
+
+    def forward(self, *args, **kwargs):
+        if self._weights_may_be_missing:
+            self._check_weights_loaded()
+        # The transformer may be shared by several models (encoder and decoder): install ours.
+        self.transformer.hooks.clear()
+        self.transformer.hooks.update(self.hooks)
+        return self.transformer(*args, **kwargs)
+
+    def _check_weights_loaded(self) -> None:
+        missing = [name for name, p in self.named_parameters() if p.is_meta]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise RuntimeError(
+                f"{type(self).__name__} was built with skip_init and these weights were never loaded: {shown}. "
+                "Load a checkpoint (load_checkpoint, from_pretrained, or load_state_dict(..., assign=True))."
+            )
+        self._weights_may_be_missing = False
+
+    # ----------------------------------------------------------------- arguments
+    @classmethod
+    def add_model_specific_args(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        """Add this model's own command-line arguments to ``parser``; subclasses extend it."""
+        return parser
+
+    @classmethod
+    def list_avail_args(cls, print: bool = True) -> argparse.ArgumentParser:
+        """The parser of every argument this model reads (printed as a table by default)."""
+        from sat.arguments import add_model_config_args
+        from sat.helpers import print_parser
+
+        parser = argparse.ArgumentParser(add_help=False)
+        add_model_config_args(parser)
+        cls.add_model_specific_args(parser)
+        if print:
+            print_parser(parser)
+        return parser
+
+    @classmethod
+    def get_args(cls, **kwargs) -> argparse.Namespace:
+        """The defaults of this model's arguments, with ``kwargs`` set on top."""
+        args = cls.list_avail_args(print=False).parse_args([])
+        for key, value in kwargs.items():
+            if not hasattr(args, key):
+                print_rank0(f"{cls.__name__}.get_args: {key} is not a model argument; set anyway.", level="DEBUG")
+            setattr(args, key, value)
+        return args
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str,
+        args: argparse.Namespace | None = None,
+        *,
+        home_path: str | None = None,
+        url: str | None = None,
+        prefix: str = "",
+        build_only: bool = False,
+        use_node_group: bool = True,
+        overwrite_args: dict | None = None,
+        **kwargs,
+    ) -> tuple[BaseModel, argparse.Namespace]:
+        """Build this class from a checkpoint directory or a ``MODEL_URLS`` name and load it.
+
+        Args:
+            name: a directory holding ``model_config.json`` and ``latest``, or a pretrained name.
+            args: arguments to start from; the checkpoint's ``model_config.json`` overrides them.
+                ``None`` uses this class's defaults.
+            home_path: where downloads go (default ``$SAT_HOME``, else ``~/.sat_models``).
+            url: download from here instead of ``MODEL_URLS[name]``.
+            prefix: load only checkpoint keys starting with it, stripped (e.g. ``"encoder."``).
+            build_only: build with the checkpoint's configuration but load no weights.
+            overwrite_args: values that override ``model_config.json``.
+            kwargs: passed to the model constructor; ``specific_iteration`` picks a checkpoint.
+        Returns:
+            ``(model, args)``.
+        """
+        from sat.model.pretrained import load_pretrained
+
+        return load_pretrained(
+            cls,
+            name,
+            args,
+            home_path=home_path,
+            url=url,
+            prefix=prefix,
+            build_only=build_only,
+            use_node_group=use_node_group,
+            overwrite_args=overwrite_args,
+            **kwargs,
+        )
+
+    from_pretrained_base = from_pretrained
+
+
+class AutoModel:
+    """Builds whatever class a checkpoint's ``model_config.json`` names (``model_class``)."""
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str,
+        args: argparse.Namespace | None = None,
+        *,
+        home_path: str | None = None,
+        url: str | None = None,
+        prefix: str = "",
+        build_only: bool = False,
+        use_node_group: bool = True,
+        overwrite_args: dict | None = None,
+        **kwargs,
+    ) -> tuple[torch.nn.Module, argparse.Namespace]:
+        """Same arguments and result as ``BaseModel.from_pretrained``; the class comes from
+        the checkpoint."""
+        from sat.model.pretrained import load_pretrained
+
+        return load_pretrained(
+            None,
+            name,
+            args,
+            home_path=home_path,
+            url=url,
+            prefix=prefix,
+            build_only=build_only,
+            use_node_group=use_node_group,
+            overwrite_args=overwrite_args,
+            **kwargs,
+        )
+
+    from_pretrained_base = from_pretrained
+
+
+def _init_device(args) -> torch.device:
+    if getattr(args, "use_gpu_initialization", False):
+        if not torch.cuda.is_available():
+            raise ValueError("use_gpu_initialization is set but CUDA is not available")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def resolve_device(args) -> torch.device:
+    """The device ``args.device`` names (an index means that CUDA device); the current CUDA
+    device, or CPU, when unset (``-1`` or absent)."""
+    device = getattr(args, "device", None)
+    if device is None or device == -1:
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if isinstance(device, int):
+        return torch.device("cuda", device)
+    return torch.device(device)
+
+
+def get_model(args, model_cls: type[torch.nn.Module], **kwargs) -> torch.nn.Module:
+    """Build ``model_cls(args)`` in the dtype ``args.fp16``/``args.bf16`` ask for, on
+    ``args.device`` (models built with ``skip_init`` stay on ``meta`` until loaded)."""
+    from sat import mpu
+    from sat.helpers import check_if_zero3
+
+    print_rank0(f"building {model_cls.__name__} model ...")
+    params_dtype = kwargs.pop("params_dtype", None)
+    if params_dtype is None:
+        params_dtype = _dtype_from_args(args)
+    if check_if_zero3(args):
+        import deepspeed
+
+        with deepspeed.zero.Init(config_dict_or_path=args.deepspeed_config):
+            model = model_cls(args, params_dtype=params_dtype, **kwargs)
+    else:
+        model = model_cls(args, params_dtype=params_dtype, **kwargs)
+    if mpu.get_data_parallel_rank() == 0:
+        count = sum(p.numel() for p in model.parameters())
+        print_all(f" > number of parameters on model parallel rank {mpu.get_model_parallel_rank()}: {count}")
+    model = model.to(params_dtype)
+    device = resolve_device(args)
+    args.device = device.index if device.type == "cuda" else device.type
+    if not any(p.is_meta for p in model.parameters()):
+        model = model.to(device)
+    return model
+
+
+def _dtype_from_args(args) -> torch.dtype:
+    if getattr(args, "fp16", False):
+        return torch.half
+    if getattr(args, "bf16", False):
+        return torch.bfloat16
+    return torch.float32

@@ -1,0 +1,68 @@
+"""``from_pretrained``: find a checkpoint (local or downloaded), build its model, load it."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+
+import torch
+
+from sat.arguments import overwrite_args_by_dict, update_args_with_file
+from sat.model.registry import model_registry
+from sat.training.model_io import CheckpointError, load_checkpoint
+
+
+def resolve_checkpoint_dir(name: str, home_path: str | None = None, url: str | None = None) -> str:
+    """``name`` itself when it is a directory, else the downloaded copy of the pretrained model
+    ``name`` (see ``sat.resources.auto_create``)."""
+    if os.path.isdir(name):
+        return name
+    from sat.resources import auto_create
+
+    return auto_create(name, path=home_path, url=url)
+
+
+def load_pretrained(
+    model_cls: type[torch.nn.Module] | None,
+    name: str,
+    args: argparse.Namespace | None = None,
+    *,
+    home_path: str | None = None,
+    url: str | None = None,
+    prefix: str = "",
+    build_only: bool = False,
+    use_node_group: bool = True,
+    overwrite_args: dict | None = None,
+    **kwargs,
+) -> tuple[torch.nn.Module, argparse.Namespace]:
+    """Shared body of ``BaseModel.from_pretrained`` and ``AutoModel.from_pretrained``
+    (``model_cls=None``: the class named by ``model_config.json``). Returns ``(model, args)``."""
+    from sat.model.base_model import get_model
+
+    model_dir = resolve_checkpoint_dir(name, home_path, url)
+    config_path = os.path.join(model_dir, "model_config.json")
+    if not os.path.isfile(config_path):
+        raise CheckpointError(f"{model_dir} has no model_config.json; not a sat checkpoint directory")
+    fill_defaults = args is None
+    args = update_args_with_file(args if args is not None else argparse.Namespace(), config_path)
+    args = overwrite_args_by_dict(args, overwrite_args)
+    if model_cls is None:
+        if not hasattr(args, "model_class"):
+            raise CheckpointError(f"{config_path} has no 'model_class'; AutoModel cannot tell which class to build")
+        model_cls = model_registry.get(args.model_class)
+    if fill_defaults and hasattr(model_cls, "get_args"):
+        for key, value in vars(model_cls.get_args()).items():
+            if not hasattr(args, key):
+                setattr(args, key, value)
+    specific_iteration = kwargs.pop("specific_iteration", None)
+
+    # Build on the meta device and let the checkpoint's tensors become the weights: no random
+    # initialisation, no second copy of the model in memory.
+    build_args = copy.copy(args)
+    build_args.skip_init = getattr(args, "skip_init", False) or not build_only
+    model = get_model(build_args, model_cls, **kwargs)
+    args.device = build_args.device
+    if not build_only:
+        load_checkpoint(model, args, load_path=model_dir, prefix=prefix, specific_iteration=specific_iteration)
+    return model, args

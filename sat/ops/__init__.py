@@ -1,0 +1,5 @@
+"""Numerical building blocks: norms and attention kernels."""
+
+from sat.ops.layernorm import LayerNorm, RMSNorm
+
+__all__ = ["LayerNorm", "RMSNorm"]

@@ -1,0 +1,115 @@
+"""Attention kernels: the eager reference (``standard_attention``) and SDPA.
+
+Which kernel runs is decided from configuration, never from mask values: the backbone tags
+the masks it builds itself (``attention_mask=None`` is "full", ``-1`` is "causal"), and only a
+tagged mask, unchanged, may take the SDPA path. Any other mask (padding masks, masks a mixin
+rebuilt) runs the eager path with exactly the original semantics. Reading a tag is a Python
+attribute lookup: no device sync, nothing for ``torch.compile`` to trip over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+
+from sat.mpu.random import model_parallel_dropout_context
+
+FULL = "full"
+CAUSAL = "causal"
+_KIND = "_sat_mask_kind"
+
+
+def full_attention_mask(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The ``[1, 1]`` all-ones mask for full attention, tagged so SDPA may run it."""
+    mask = torch.ones(1, 1, dtype=dtype, device=device)
+    setattr(mask, _KIND, FULL)
+    return mask
+
+
+def causal_attention_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The ``[length, length]`` lower-triangular mask, tagged so SDPA may run it causally."""
+    mask = torch.ones(length, length, dtype=dtype, device=device).tril()
+    setattr(mask, _KIND, CAUSAL)
+    return mask
+
+
+def attention_mask_kind(mask: torch.Tensor | None) -> str | None:
+    """``"full"`` or ``"causal"`` for a mask the backbone built (or ``None``), else ``None``."""
+    if mask is None:
+        return FULL
+    return getattr(mask, _KIND, None)
+
+
+def expand_kv_heads(x: torch.Tensor, num_query_heads: int) -> torch.Tensor:
+    """Repeat each of the ``[b, nkv, s, hn]`` key/value heads for its group of query heads."""
+    b, num_kv_heads, s, hn = x.shape
+    if num_kv_heads == num_query_heads:
+        return x
+    group = num_query_heads // num_kv_heads
+    return x[:, :, None].expand(b, num_kv_heads, group, s, hn).reshape(b, num_query_heads, s, hn)
+
+
+def standard_attention(
+    query_layer: torch.Tensor,
+    key_layer: torch.Tensor,
+    value_layer: torch.Tensor,
+    attention_mask: torch.Tensor,
+    attention_dropout=None,
+    log_attention_weights: torch.Tensor | None = None,
+    scaling_attention_score: bool = True,
+    **kwargs,
+) -> torch.Tensor:
+    """Eager attention: ``softmax(q k^T / sqrt(hn) + log_w, masked) v``.
+
+    Shapes: q ``[b, np, sq, hn]``, k and v ``[b, np, sk, hn]``, mask broadcastable to
+    ``[b, np, sq, sk]`` with 1 = attend. Masked scores become ``-10000`` (the original's
+    convention: a fully masked row attends uniformly instead of producing NaN).
+    """
+    if scaling_attention_score:
+        query_layer = query_layer / math.sqrt(query_layer.shape[-1])
+    scores = torch.matmul(query_layer, key_layer.transpose(-1, -2))  # [b, np, sq, sk]
+    if log_attention_weights is not None:
+        scores = scores + log_attention_weights
+    scores = scores * attention_mask - 10000.0 * (1.0 - attention_mask)
+    probs = F.softmax(scores, dim=-1)
+    if attention_dropout is not None:
+        with model_parallel_dropout_context():
+            probs = attention_dropout(probs)
+    return torch.matmul(probs, value_layer)  # [b, np, sq, hn]
+
+
+def sdpa_attention(
+    query_layer: torch.Tensor,
+    key_layer: torch.Tensor,
+    value_layer: torch.Tensor,
+    kind: str,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """``scaled_dot_product_attention`` for a full or causal mask; K/V may have fewer heads.
+
+    A causal mask with more keys than queries (cached decoding, prefixes) is aligned to the
+    last query: query ``i`` sees keys ``j <= i + sk - sq``.
+    """
+    sq, sk = query_layer.shape[-2], key_layer.shape[-2]
+    mask, is_causal = None, False
+    if kind == CAUSAL and sq > 1:
+        if sq == sk:
+            is_causal = True
+        else:
+            mask = torch.ones(sq, sk, dtype=torch.bool, device=query_layer.device).tril(sk - sq)
+    gqa = key_layer.shape[1] != query_layer.shape[1]
+    with model_parallel_dropout_context() if dropout_p > 0 else contextlib.nullcontext():
+        return F.scaled_dot_product_attention(
+            query_layer,
+            key_layer,
+            value_layer,
+            attn_mask=mask,
+            dropout_p=dropout_p,
+            is_causal=is_causal,
+            scale=scale,
+            enable_gqa=gqa,
+        )

@@ -1,0 +1,6 @@
+"""Pretrained model names and their download."""
+
+from sat.resources.download import DownloadError, auto_create, sat_home
+from sat.resources.urls import MODEL_URLS
+
+__all__ = ["MODEL_URLS", "DownloadError", "auto_create", "sat_home"]

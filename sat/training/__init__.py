@@ -1,0 +1,1 @@
+"""Training: checkpoints (model_io), learning-rate schedules and the DeepSpeed training loop."""

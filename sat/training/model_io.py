@@ -1,0 +1,431 @@
+"""Checkpoints in the original library's layout, readable and writable by both.
+
+::
+
+    <save>/latest                               the last iteration ("1000") or "release"
+    <save>/model_config.json                    model_class, architecture and model arguments
+    <save>/<iteration>/mp_rank_00_model_states.pt   {"module": state_dict, ...}, one per MP rank
+
+Every file is written to a temporary name and renamed into place, and ``latest`` moves only
+after the iteration's files are complete, so a crash mid-save leaves the previous checkpoint
+loadable. Files are read with ``torch.load(weights_only=True, mmap=True)``: no code runs, and
+a model built with ``skip_init`` takes the file's tensors without a second copy in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import random
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from sat import mpu
+from sat.helpers import print_all, print_rank0
+
+_TRANSFORMER_ARCH_ARGS = (
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "vocab_size",
+    "max_sequence_length",
+)
+# Optional architecture arguments: written to model_config.json only when not the default.
+_OPTIONAL_ARCH_ARGS = (
+    ("is_decoder", False),
+    ("cross_attn_hidden_size", None),
+    ("use_bias", True),
+    ("use_qkv_bias", False),
+    ("inner_hidden_size", None),
+    ("hidden_size_per_attention_head", None),
+    ("cross_hidden_size_per_attention_head", None),
+    ("use_final_layernorm", True),
+    ("layernorm_epsilon", 1e-5),
+    ("num_multi_query_heads", 0),
+    ("cross_num_multi_query_heads", 0),
+    ("row_parallel_linear_final_bias", True),
+    ("is_gated_mlp", False),
+    ("is_rotary_emb", False),
+    ("rotary_base", 10000.0),
+    ("parallel_output", False),
+    ("num_experts", 1),
+)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+# ----------------------------------------------------------------------------- paths
+def get_checkpoint_name(checkpoints_path: str, iteration: int | str, release: bool = False, zero: bool = False) -> str:
+    """``<path>/<iteration or release>/mp_rank_XX_model_states.pt`` for this model-parallel rank."""
+    directory = "release" if release else str(iteration)
+    if zero:
+        directory += f"_zero_dp_rank_{mpu.get_data_parallel_rank()}"
+    return os.path.join(checkpoints_path, directory, f"mp_rank_{mpu.get_model_parallel_rank():02d}_model_states.pt")
+
+
+def get_checkpoint_tracker_filename(checkpoints_path: str, old_checkpoint: bool = False) -> str:
+    """The ``latest`` file of a checkpoint directory."""
+    return os.path.join(checkpoints_path, "latest")
+
+
+def get_checkpoint_iteration(load_path: str) -> tuple[int, bool, bool]:
+    """``(iteration, release, success)`` from ``<load_path>/latest``."""
+    tracker = get_checkpoint_tracker_filename(load_path)
+    if not os.path.isfile(tracker):
+        raise CheckpointError(
+            f"{load_path} is not a sat checkpoint directory: it has no 'latest' file "
+            "(expected latest, model_config.json and <iteration>/mp_rank_00_model_states.pt)"
+        )
+    with open(tracker) as f:
+        text = f.read().strip()
+    if text == "release":
+        return 0, True, True
+    try:
+        iteration = int(text)
+    except ValueError:
+        raise CheckpointError(f"{tracker} should hold an iteration number or 'release', found {text!r}") from None
+    if iteration < 0:
+        raise CheckpointError(f"{tracker} holds a negative iteration {iteration}")
+    return iteration, False, True
+
+
+# ----------------------------------------------------------------------------- writing
+def _atomic_write(path: str, write) -> None:
+    """Write through ``write(tmp_path)`` and rename into place: readers see old or new, never half."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_text(path: str, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    _atomic_write(path, write)
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """``torch.save`` that never leaves a partial file at ``path``."""
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _json_safe(name: str, value):
+    try:
+        json.dumps(value)
+    except TypeError:
+        warnings.warn(f"model_config.json: {name}={value!r} is not JSON-serialisable and is not saved", stacklevel=3)
+        return False
+    return True
+
+
+def extract_model_specific_args_from_model(args, model: torch.nn.Module) -> dict:
+    """The values on ``args`` of every argument that a (sub)model's ``add_model_specific_args``
+    declares."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for module in _unwrap(model).modules():
+        add_args = getattr(type(module), "add_model_specific_args", None)
+        if add_args is None:
+            continue
+        try:
+            add_args(parser)
+        except argparse.ArgumentError:
+            pass  # a parent class already declared it
+    return {key: getattr(args, key) for key in vars(parser.parse_args([])) if hasattr(args, key)}
+
+
+def extract_model_specific_args_to_dump(args, model: torch.nn.Module) -> dict:
+    """The contents of ``model_config.json`` for ``model``."""
+    module = _unwrap(model)
+    to_dump: dict = {"model_class": type(module).__name__}
+    if getattr(args, "tokenizer_type", "fake") != "fake":
+        to_dump["tokenizer_type"] = args.tokenizer_type
+    transformer = getattr(module, "transformer", None)
+    for name in _TRANSFORMER_ARCH_ARGS + ("layernorm_order",):
+        value = getattr(transformer, name, None) if transformer is not None else None
+        value = value if value is not None else getattr(args, name, None)
+        if value is not None:
+            to_dump[name] = value
+    to_dump["model_parallel_size"] = getattr(args, "model_parallel_size", mpu.get_model_parallel_world_size())
+    if transformer is not None:
+        for name, default in _OPTIONAL_ARCH_ARGS:
+            value = getattr(transformer, name, default)
+            if value != default:
+                to_dump[name] = value
+    to_dump.update(extract_model_specific_args_from_model(args, module))
+    return {key: value for key, value in to_dump.items() if _json_safe(key, value)}
+
+
+def save_model_config(args, model: torch.nn.Module, save_dir: str) -> None:
+    """Write ``<save_dir>/model_config.json`` (rank 0 only)."""
+    if _rank() == 0:
+        config = extract_model_specific_args_to_dump(args, model)
+        _write_text(os.path.join(save_dir, "model_config.json"), json.dumps(config, indent=4))
+
+
+def save_checkpoint(iteration: int, model: torch.nn.Module, optimizer, lr_scheduler, args) -> None:
+    """Save ``model``'s weights as ``<args.save>/<iteration>`` and point ``latest`` at it.
+
+    One file per model-parallel rank, written by the first data-parallel copy. The optimizer
+    and scheduler are not part of this weights-only format.
+    """
+    save_dir = args.save
+    if not save_dir:
+        raise ValueError("save_checkpoint needs args.save, the directory to write to")
+    module = _unwrap(model)
+    path = get_checkpoint_name(save_dir, iteration)
+    if mpu.get_data_parallel_rank() == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        print_rank0(f"saving checkpoint {path}")
+        atomic_torch_save({"module": module.state_dict()}, path)
+    _barrier()
+    if _rank() == 0:
+        save_model_config(args, module, save_dir)
+        _write_text(get_checkpoint_tracker_filename(save_dir), str(iteration))
+    _barrier()
+
+
+# ----------------------------------------------------------------------------- reading
+def read_checkpoint_file(path: str) -> dict:
+    """Load a checkpoint file safely (``weights_only``), memory-mapped when possible."""
+    if not os.path.isfile(path):
+        folder = os.path.dirname(path)
+        present = sorted(os.listdir(folder)) if os.path.isdir(folder) else "the folder does not exist"
+        raise CheckpointError(
+            f"missing checkpoint file {path} (present: {present}). A different model_parallel_size "
+            "or iteration than the checkpoint was saved with?"
+        )
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path} holds objects that are not safe to load (weights_only refused): {e}") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {e}") from e
+    if not isinstance(state, Mapping) or "module" not in state:
+        keys = list(state) if isinstance(state, Mapping) else type(state).__name__
+        raise CheckpointError(f"{path} has no 'module' entry (found {keys}); not a sat checkpoint")
+    return state
+
+
+def _locate(module: torch.nn.Module, key: str) -> tuple[torch.nn.Module, str]:
+    owner_path, _, name = key.rpartition(".")
+    return (module.get_submodule(owner_path) if owner_path else module), name
+
+
+def _tensor_at(module: torch.nn.Module, key: str) -> torch.Tensor:
+    owner, name = _locate(module, key)
+    return owner._parameters[name] if name in owner._parameters else owner._buffers[name]
+
+
+def _set_tensor(owner: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    if name in owner._parameters:
+        owner._parameters[name] = value
+    else:
+        owner._buffers[name] = value
+
+
+def _assign_meta(module: torch.nn.Module, state: Mapping, keys: list[str], device: torch.device) -> None:
+    """Put checkpoint tensors in place of ``meta`` parameters (no copy when dtype and device
+    already match), keeping each parameter's flags and any sharing between modules."""
+    replaced: dict[int, torch.Tensor] = {}
+    for key in keys:
+        owner, name = _locate(module, key)
+        old = _tensor_at(module, key)
+        if id(old) not in replaced:
+            tensor = state[key].to(device=device, dtype=old.dtype)
+            if isinstance(old, torch.nn.Parameter):
+                new = torch.nn.Parameter(tensor, requires_grad=old.requires_grad)
+                new.__dict__.update(old.__dict__)  # model_parallel and similar flags
+            else:
+                new = tensor
+            replaced[id(old)] = new
+        _set_tensor(owner, name, replaced[id(old)])
+
+
+def _materialize_missing(module: torch.nn.Module, keys: list[str], device: torch.device) -> None:
+    """Give ``meta`` parameters that the checkpoint lacks real, initialised storage: owners that
+    lost every parameter are re-initialised with their own ``reset_parameters``, others get
+    zeros for the missing tensors."""
+    owners: dict[int, tuple[torch.nn.Module, list[str]]] = {}
+    for key in keys:
+        owner, name = _locate(module, key)
+        owners.setdefault(id(owner), (owner, []))[1].append(name)
+    for owner, names in owners.values():
+        for name in names:
+            old = owner._parameters[name] if name in owner._parameters else owner._buffers[name]
+            tensor = torch.zeros(old.shape, dtype=old.dtype, device=device)
+            if isinstance(old, torch.nn.Parameter):
+                new = torch.nn.Parameter(tensor, requires_grad=old.requires_grad)
+                new.__dict__.update(old.__dict__)
+                tensor = new
+            _set_tensor(owner, name, tensor)
+        own = [n for n, _ in owner.named_parameters(recurse=False)]
+        if set(own) <= set(names) and hasattr(owner, "reset_parameters"):
+            owner.reset_parameters()
+
+
+def load_state_dict_into(
+    module: torch.nn.Module, state: Mapping[str, torch.Tensor], device: torch.device | str = "cpu"
+) -> tuple[list[str], list[str]]:
+    """Load ``state`` into ``module`` (non-strict) and return ``(missing, unexpected)`` keys.
+
+    Shapes are checked first and every mismatch is reported by key. ``meta`` parameters
+    (a ``skip_init`` model) take the checkpoint's tensors; real ones are copied into.
+    """
+    own = module.state_dict(keep_vars=True)
+    mismatched = [
+        f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
+        for key, value in state.items()
+        if key in own and tuple(value.shape) != tuple(own[key].shape)
+    ]
+    if mismatched:
+        raise CheckpointError(
+            "shape mismatch between checkpoint and model:\n  " + "\n  ".join(mismatched) + "\n(Is the model "
+            "configured as the checkpoint was, including model_parallel_size?)"
+        )
+    meta_keys = [key for key in own if key in state and own[key].is_meta]
+    copy_state = {key: value for key, value in state.items() if key in own and not own[key].is_meta}
+    if copy_state:
+        module.load_state_dict(copy_state, strict=False)
+    _assign_meta(module, state, meta_keys, torch.device(device))
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own]
+    return missing, unexpected
+
+
+def _mixin_names(keys: list[str]) -> list[str]:
+    names = []
+    for key in keys:
+        parts = key.split(".")
+        if "mixins" in parts:
+            name = parts[parts.index("mixins") + 1]
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _restore_rng(state: Mapping, path: str) -> None:
+    wanted = ("random_rng_state", "np_rng_state", "torch_rng_state")
+    if not all(key in state for key in wanted):
+        print_rank0(f"{path} holds no random states; the random streams start fresh.", level="WARNING")
+        return
+    random.setstate(state["random_rng_state"])
+    np.random.set_state(state["np_rng_state"])
+    torch.set_rng_state(state["torch_rng_state"])
+    if torch.cuda.is_available() and state.get("cuda_rng_state") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng_state"])
+    if "rng_tracker_states" in state:
+        mpu.get_cuda_rng_tracker().set_states(state["rng_tracker_states"])
+
+
+def load_checkpoint(
+    model: torch.nn.Module,
+    args,
+    load_path: str | None = None,
+    prefix: str = "",
+    specific_iteration: int | None = None,
+) -> int:
+    """Load the checkpoint in ``load_path`` (default ``args.load``) into ``model``; returns the
+    iteration to continue from.
+
+    ``args.mode`` decides what missing weights mean: in ``inference`` (the default) they are an
+    error unless ``args.force_inference``; in ``finetune`` only mixin (or cross-attention)
+    weights may be missing and those mixins are re-initialised; ``pretrain`` also restores the
+    random states. ``prefix`` loads only the keys starting with it, stripped.
+    """
+    load_path = load_path or getattr(args, "load", None)
+    if not load_path:
+        raise ValueError("load_checkpoint needs load_path or args.load")
+    mode = getattr(args, "mode", "inference")
+    iteration, release, _ = get_checkpoint_iteration(load_path)
+    if specific_iteration is not None:
+        if not isinstance(specific_iteration, int) or specific_iteration <= 0:
+            raise ValueError(f"specific_iteration must be a positive int, got {specific_iteration!r}")
+        iteration, release = specific_iteration, False
+    path = get_checkpoint_name(load_path, iteration, release)
+    if mpu.get_data_parallel_rank() == 0:
+        print_all(f"global rank {_rank()} is loading checkpoint {path}")
+    checkpoint = read_checkpoint_file(path)
+    state = {key[len(prefix) :]: value for key, value in checkpoint["module"].items() if key.startswith(prefix)}
+    if prefix and not state:
+        raise CheckpointError(f"no key of {path} starts with prefix {prefix!r}")
+
+    module = _unwrap(model)
+    device = _model_device(module, args)
+    missing, unexpected = load_state_dict_into(module, state, device)
+    if unexpected:
+        print_rank0(f"Will continue but found unexpected keys in {path}: {unexpected}", level="WARNING")
+    if missing:
+        _handle_missing(module, missing, mode, args, path, device)
+
+    if mode == "finetune":
+        iteration = 0
+    elif mode == "pretrain" and not getattr(args, "no_load_rng", False):
+        _restore_rng(checkpoint, path)
+    elif mode == "inference":
+        module.eval()
+    if mpu.get_data_parallel_rank() == 0:
+        print_all(f"> successfully loaded {path}")
+    return iteration
+
+
+def _model_device(module: torch.nn.Module, args) -> torch.device:
+    real = next((p.device for p in module.parameters() if not p.is_meta), None)
+    if real is not None:
+        return real
+    from sat.model.base_model import resolve_device
+
+    return resolve_device(args)
+
+
+def _handle_missing(module, missing: list[str], mode: str, args, path: str, device: torch.device) -> None:
+    if mode == "inference":
+        if not getattr(args, "force_inference", False):
+            raise CheckpointError(
+                f"{path} lacks weights the model needs for inference: {missing}. "
+                "Set args.force_inference = True to run anyway with those weights freshly initialised."
+            )
+        print_rank0(f"force_inference: initialising weights missing from {path}: {missing}", level="WARNING")
+    elif not getattr(args, "force_train", False):
+        unknown = [key for key in missing if "mixins" not in key and "cross_attention" not in key]
+        if unknown or mode != "finetune":
+            raise CheckpointError(
+                f"{path} lacks weights {unknown or missing}. In --mode finetune only mixin and cross-attention "
+                "weights may be missing (they are initialised); pass --force-train to train anyway."
+            )
+    meta_missing = [key for key in missing if _tensor_at(module, key).is_meta]
+    _materialize_missing(module, meta_missing, device)
+    if mode != "inference" and hasattr(module, "reinit"):
+        module.reinit(_mixin_names(missing))
