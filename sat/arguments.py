@@ -8,7 +8,6 @@ process group only for a multi-process launch or model parallelism.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import random
@@ -219,9 +218,11 @@ def add_tokenization_args(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 def add_deepspeed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """DeepSpeed's own flags (``--deepspeed``, ``--deepspeed_config``...) when it is installed;
     the same two flags otherwise, so ``args`` looks the same either way."""
-    if importlib.util.find_spec("deepspeed") is not None:
+    try:
         import deepspeed
-
+    except ImportError:
+        pass
+    else:
         return deepspeed.add_config_arguments(parser)
     group = parser.add_argument_group("DeepSpeed", "DeepSpeed configurations")
     group.add_argument("--deepspeed", default=False, action="store_true", help="enable DeepSpeed")

@@ -100,6 +100,8 @@ class BaseModel(torch.nn.Module, metaclass=MetaModel):
             raise ValueError(f"a mixin named {name!r} already exists in {type(self).__name__}")
         if not isinstance(new_mixin, BaseMixin):
             raise TypeError(f"add_mixin expects a BaseMixin, got {type(new_mixin).__name__}")
+        if hasattr(self.mixins, name):
+            raise ValueError(f"mixin name {name!r} is taken by a torch.nn.ModuleDict attribute; choose another")
         self.mixins[name] = new_mixin
         object.__setattr__(new_mixin, "transformer", self.transformer)
         try:

@@ -239,8 +239,14 @@ class CrossAttention(_HookedModule):
         self.output_dropout = torch.nn.Dropout(output_dropout_prob)
 
     def forward(
-        self, hidden_states: torch.Tensor, cross_attention_mask: torch.Tensor, encoder_outputs, **kw_args
+        self,
+        hidden_states: torch.Tensor,
+        cross_attention_mask: torch.Tensor | None = None,
+        encoder_outputs=None,
+        **kw_args,
     ) -> torch.Tensor:
+        if cross_attention_mask is None:  # attend to every encoder position
+            cross_attention_mask = full_attention_mask(hidden_states.dtype, hidden_states.device)
         if "cross_attention_forward" in self.hooks:
             return self.hooks["cross_attention_forward"](
                 hidden_states, cross_attention_mask, encoder_outputs, **kw_args

@@ -29,11 +29,14 @@ import torch.distributed as dist
 from sat import mpu
 from sat.helpers import print_all, print_rank0
 
-_TRANSFORMER_ARCH_ARGS = (
+# Always written to model_config.json, in the original's order.
+_ARCH_ARGS = (
     "num_layers",
     "hidden_size",
     "num_attention_heads",
     "vocab_size",
+    "layernorm_order",
+    "model_parallel_size",
     "max_sequence_length",
 )
 # Optional architecture arguments: written to model_config.json only when not the default.
@@ -168,12 +171,14 @@ def extract_model_specific_args_to_dump(args, model: torch.nn.Module) -> dict:
     if getattr(args, "tokenizer_type", "fake") != "fake":
         to_dump["tokenizer_type"] = args.tokenizer_type
     transformer = getattr(module, "transformer", None)
-    for name in _TRANSFORMER_ARCH_ARGS + ("layernorm_order",):
-        value = getattr(transformer, name, None) if transformer is not None else None
+    for name in _ARCH_ARGS:
+        # The backbone's value is the truth: a subclass may override what args says.
+        value = getattr(transformer, name, None)
         value = value if value is not None else getattr(args, name, None)
+        if name == "model_parallel_size" and value is None:
+            value = mpu.get_model_parallel_world_size()
         if value is not None:
             to_dump[name] = value
-    to_dump["model_parallel_size"] = getattr(args, "model_parallel_size", mpu.get_model_parallel_world_size())
     if transformer is not None:
         for name, default in _OPTIONAL_ARCH_ARGS:
             value = getattr(transformer, name, default)
