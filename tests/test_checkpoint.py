@@ -272,14 +272,17 @@ def test_load_checkpoint_api_returns_iteration_and_restores_rng(tmp_path, tiny_a
 
 
 # --------------------------------------------------------------------------- the original library
+def _assert_same_logits(got: dict, recorded_path: str) -> None:
+    recorded = torch.load(recorded_path, weights_only=True)
+    for kind in ("causal", "full", "padded"):  # the three masks of make_fixtures.inputs()
+        assert (got[kind] - recorded[kind]).abs().max() < 1e-6, kind
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_checkpoint_written_by_original_loads_with_identical_logits(name):
     folder = os.path.join(FIXTURES, "written_by_original", name)
     model, args = AutoModel.from_pretrained(folder)
-    expected = torch.load(os.path.join(folder, "logits_by_original.pt"), weights_only=True)
-    got = logits_of(model)
-    for kind in ("causal", "full", "padded"):
-        assert (got[kind] - expected[kind]).abs().max() < 1e-6, kind
+    _assert_same_logits(logits_of(model), os.path.join(folder, "logits_by_original.pt"))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -288,10 +291,7 @@ def test_checkpoint_written_here_loads_in_original(tmp_path, name):
     logits. Writing it again must give the same files, and our logits must equal its."""
     folder = os.path.join(FIXTURES, "written_by_ours", name)
     model, args = AutoModel.from_pretrained(folder)
-    by_original = torch.load(os.path.join(folder, "logits_by_original.pt"), weights_only=True)
-    got = logits_of(model)
-    for kind in ("causal", "full", "padded"):
-        assert (got[kind] - by_original[kind]).abs().max() < 1e-6, kind
+    _assert_same_logits(logits_of(model), os.path.join(folder, "logits_by_original.pt"))
 
     args.save = str(tmp_path)
     save_checkpoint(1, model, None, None, args)
