@@ -1,0 +1,130 @@
+"""Iterable (streaming) datasets: a JSON-lines stream and a weighted mix of streams.
+
+A stream is cut into one shard per (data-parallel rank, DataLoader worker), so no two
+processes read the same record, and every random choice is seeded by ``seed`` and that shard:
+the stream is the same at every run. Model-parallel peers share a data-parallel rank, so they
+read the same records.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from sat import mpu
+
+
+def shard_info() -> tuple[int, int]:
+    """``(shard, num_shards)`` of the calling process: its data-parallel rank times the
+    DataLoader's workers, plus its worker id."""
+    worker = torch.utils.data.get_worker_info()
+    workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
+    return mpu.get_data_parallel_rank() * workers + worker_id, mpu.get_data_parallel_world_size() * workers
+
+
+def expand_jsonl_paths(path: str | Sequence[str]) -> list[str]:
+    """``.jsonl`` files named by ``path``: files, folders (searched recursively), glob patterns,
+    or a comma-separated list of those; sorted, so every process sees the same order."""
+    parts = path.split(",") if isinstance(path, str) else list(path)
+    files: list[str] = []
+    for part in parts:
+        if os.path.isdir(part):
+            files += glob.glob(os.path.join(part, "**", "*.jsonl"), recursive=True)
+        else:
+            matches = glob.glob(part)
+            if not matches:
+                raise FileNotFoundError(f"no JSON-lines file matches {part!r}")
+            files += matches
+    return sorted(set(files))
+
+
+class JsonlIterableDataset(IterableDataset):
+    """Records of ``.jsonl`` files, passed through ``process_fn``, repeated forever: each pass
+    reads this shard's lines (every ``num_shards``-th line) through a shuffle buffer of
+    ``shuffle_buffer`` records (1 keeps the file order)."""
+
+    def __init__(self, path: str | Sequence[str], process_fn: Callable, seed: int, *, shuffle_buffer: int = 1000):
+        self.files = expand_jsonl_paths(path)
+        if not self.files:
+            raise FileNotFoundError(f"no .jsonl files under {path!r}")
+        self.process_fn = process_fn
+        self.seed = seed
+        self.shuffle_buffer = max(1, shuffle_buffer)
+
+    def _records(self, shard: int, num_shards: int) -> Iterator[dict]:
+        line_number = 0
+        for name in self.files:
+            with open(name, encoding="utf-8") as f:
+                for line in f:
+                    if not line.strip():
+                        continue
+                    if line_number % num_shards == shard:
+                        yield json.loads(line)
+                    line_number += 1
+
+    def __iter__(self) -> Iterator:
+        shard, num_shards = shard_info()
+        rng = np.random.default_rng((self.seed, shard))
+        buffer: list = []
+        while True:
+            produced = False
+            for record in self._records(shard, num_shards):
+                produced = True
+                buffer.append(record)
+                if len(buffer) >= self.shuffle_buffer:
+                    yield self.process_fn(buffer.pop(int(rng.integers(len(buffer)))))
+            if not produced:
+                raise ValueError(f"shard {shard} of {num_shards} has no records in {self.files}: too few lines")
+            rng.shuffle(buffer)
+            while buffer:
+                yield self.process_fn(buffer.pop())
+
+
+class AlterDataset(IterableDataset):
+    """Draws from several iterable datasets with probabilities proportional to ``weights``.
+
+    With ``batch_from_same_dataset`` every ``batch_size`` consecutive samples come from one
+    source, chosen the same way on every rank (so a global batch is from a single source). A
+    source that ends is dropped; the mix ends when all have.
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[IterableDataset],
+        weights: Sequence[float] | None = None,
+        seed: int = 0,
+        batch_from_same_dataset: bool = False,
+        batch_size: int = 1,
+    ):
+        if not datasets:
+            raise ValueError("AlterDataset needs at least one dataset")
+        weights = list(weights) if weights is not None else [1.0] * len(datasets)
+        if len(weights) != len(datasets) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"need one non-negative weight per dataset (not all zero), got {weights}")
+        self.datasets = list(datasets)
+        self.weights = weights
+        self.seed = seed
+        self.batch_from_same_dataset = batch_from_same_dataset
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator:
+        iterators = [iter(d) for d in self.datasets]
+        weights = np.array(self.weights, dtype=np.float64)
+        shard, _ = shard_info()
+        # The same choices on every rank when whole batches must come from one source.
+        rng = np.random.default_rng((self.seed,) if self.batch_from_same_dataset else (self.seed, shard))
+        run = self.batch_size if self.batch_from_same_dataset else 1
+        while iterators:
+            which = int(rng.choice(len(iterators), p=weights / weights.sum()))
+            try:
+                for _ in range(run):
+                    yield next(iterators[which])
+            except StopIteration:
+                del iterators[which]
+                weights = np.delete(weights, which)
