@@ -58,6 +58,18 @@ def _build_norm(
         return layernorm(hidden_size, eps=eps).to(dtype)
 
 
+def _owned_init(init_method: InitMethod, owner: torch.nn.Module, name: str) -> InitMethod:
+    """``init_method`` told which module and parameter it initialises (T5-style inits use
+    them). Bound here rather than passed to the layer as ``module=``: DeepSpeed ZeRO-3's
+    ``zero.Init`` wraps every module constructor in a function whose first parameter is
+    named ``module``, so that keyword would collide."""
+
+    def init(tensor: torch.Tensor, **kwargs) -> torch.Tensor:
+        return init_method(tensor, module=owner, name=name)
+
+    return init
+
+
 class _HookedModule(torch.nn.Module):
     """A backbone module that reads the shared hooks dict and points at its transformer."""
 
@@ -132,11 +144,9 @@ class SelfAttention(_HookedModule):
             qkv_size,
             stride=self.stride,
             gather_output=False,
-            init_method=init_method,
+            init_method=_owned_init(init_method, self, "query_key_value"),
             bias=bias or qkv_bias,
             params_dtype=params_dtype,
-            module=self,
-            name="query_key_value",
             skip_init=skip_init,
             device=device,
         )
@@ -145,11 +155,9 @@ class SelfAttention(_HookedModule):
             self.inner_hidden_size,
             hidden_size,
             input_is_parallel=True,
-            init_method=output_layer_init_method or init_method,
+            init_method=_owned_init(output_layer_init_method or init_method, self, "dense"),
             bias=bias,
             params_dtype=params_dtype,
-            module=self,
-            name="dense",
             skip_init=skip_init,
             device=device,
             final_bias=row_parallel_linear_final_bias,
@@ -205,14 +213,13 @@ class CrossAttention(_HookedModule):
         self.cross_num_multi_query_heads = cross_num_multi_query_heads
         kv_heads = cross_num_multi_query_heads or num_attention_heads
         self.cross_attn_hidden_size = cross_attn_hidden_size or hidden_size
-        common = dict(params_dtype=params_dtype, module=self, skip_init=skip_init, device=device)
+        common = dict(params_dtype=params_dtype, skip_init=skip_init, device=device)
         self.query = ColumnParallelLinear(
             hidden_size,
             self.inner_hidden_size,
             gather_output=False,
-            init_method=init_method,
+            init_method=_owned_init(init_method, self, "query"),
             bias=bias,
-            name="query",
             **common,
         )
         self.key_value = ColumnParallelLinear(
@@ -220,9 +227,8 @@ class CrossAttention(_HookedModule):
             2 * kv_heads * self.hidden_size_per_attention_head,
             stride=2,
             gather_output=False,
-            init_method=init_method,
+            init_method=_owned_init(init_method, self, "key_value"),
             bias=bias,
-            name="key_value",
             **common,
         )
         self.attention_dropout = torch.nn.Dropout(attention_dropout_prob)
@@ -230,9 +236,8 @@ class CrossAttention(_HookedModule):
             self.inner_hidden_size,
             hidden_size,
             input_is_parallel=True,
-            init_method=output_layer_init_method or init_method,
+            init_method=_owned_init(output_layer_init_method or init_method, self, "dense"),
             bias=bias,
-            name="dense",
             final_bias=row_parallel_linear_final_bias,
             **common,
         )
@@ -293,7 +298,7 @@ class MLP(_HookedModule):
         self.inner_hidden_size = inner_hidden_size or 4 * hidden_size
         self.is_gated_mlp = is_gated_mlp
         self.num_experts = num_experts
-        common = dict(params_dtype=params_dtype, module=self, skip_init=skip_init, device=device)
+        common = dict(params_dtype=params_dtype, skip_init=skip_init, device=device)
         for expert in range(num_experts):
             suffix = f"_{expert}" if expert > 0 else ""
             self.add_module(
@@ -302,9 +307,8 @@ class MLP(_HookedModule):
                     hidden_size,
                     self.inner_hidden_size,
                     gather_output=False,
-                    init_method=init_method,
+                    init_method=_owned_init(init_method, self, "dense_h_to_4h" + suffix),
                     bias=bias,
-                    name="dense_h_to_4h" + suffix,
                     **common,
                 ),
             )
@@ -314,9 +318,8 @@ class MLP(_HookedModule):
                     self.inner_hidden_size,
                     hidden_size,
                     input_is_parallel=True,
-                    init_method=output_layer_init_method or init_method,
+                    init_method=_owned_init(output_layer_init_method or init_method, self, "dense_4h_to_h" + suffix),
                     bias=bias,
-                    name="dense_4h_to_h" + suffix,
                     final_bias=row_parallel_linear_final_bias,
                     **common,
                 ),
@@ -328,9 +331,8 @@ class MLP(_HookedModule):
                         hidden_size,
                         self.inner_hidden_size,
                         gather_output=False,
-                        init_method=init_method,
+                        init_method=_owned_init(init_method, self, "dense_h_to_4h_gate" + suffix),
                         bias=False,
-                        name="dense_h_to_4h_gate" + suffix,
                         **common,
                     ),
                 )
@@ -564,11 +566,13 @@ class BaseTransformer(torch.nn.Module):
 
             self.position_embeddings = RotaryEmbedding(head_size, base=rotary_base, device=device)
         else:
-            self.position_embeddings = torch.nn.Embedding(
-                max_sequence_length, hidden_size, dtype=params_dtype, device=param_device
-            )
+            weight = torch.empty(max_sequence_length, hidden_size, dtype=params_dtype, device=param_device)
             if not skip_init:
-                torch.nn.init.normal_(self.position_embeddings.weight, mean=0.0, std=init_method_std)
+                torch.nn.init.normal_(weight, mean=0.0, std=init_method_std)
+            # Initialised before the module takes it: under ZeRO-3 (deepspeed.zero.Init) a module's
+            # parameters are partitioned as soon as its constructor returns, and an init after
+            # that would write into an empty placeholder.
+            self.position_embeddings = torch.nn.Embedding(max_sequence_length, hidden_size, _weight=weight)
 
         if init_method is None:
             self.init_method = unscaled_init_method(init_method_std)

@@ -6,19 +6,29 @@
     <save>/model_config.json                    model_class, architecture and model arguments
     <save>/<iteration>/mp_rank_00_model_states.pt   {"module": state_dict, ...}, one per MP rank
 
-Every file is written to a temporary name and renamed into place, and ``latest`` moves only
-after the iteration's files are complete, so a crash mid-save leaves the previous checkpoint
-loadable. Files are read with ``torch.load(weights_only=True, mmap=True)``: no code runs, and
-a model built with ``skip_init`` takes the file's tensors without a second copy in memory.
+A checkpoint saved from a DeepSpeed engine (``training_main``) also carries what a run needs
+to continue exactly: the optimizer state (with ZeRO, DeepSpeed's per-rank shards next to the
+model file), the learning-rate schedule, the iteration, the data position and the random
+states of every rank (``rng_states_rank_XXXXX.pt``; rank 0's are also in the model file, as the
+original library wrote them, together with the model-parallel tracker's ``rng_tracker_states``).
+
+Every file is written to a temporary name and renamed into place; a training checkpoint is
+assembled in ``<iteration>.partial/`` and renamed to ``<iteration>/`` once every rank has
+written its part; ``latest`` moves last. A crash mid-save leaves the previous checkpoint
+loadable. Files are read with ``torch.load(weights_only=True)``: no code runs, and a model
+built with ``skip_init`` takes the file's tensors without a second copy in memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
 import random
+import shutil
+import sys
 import warnings
 from collections.abc import Mapping
 
@@ -59,6 +69,10 @@ _OPTIONAL_ARCH_ARGS = (
     ("parallel_output", False),
     ("num_experts", 1),
 )
+
+
+# What the original library's ``np.random.get_state()`` array pickles as: plain data.
+_NUMPY_STATE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
 
 
 class CheckpointError(RuntimeError):
@@ -195,15 +209,22 @@ def save_model_config(args, model: torch.nn.Module, save_dir: str) -> None:
         _write_text(os.path.join(save_dir, "model_config.json"), json.dumps(config, indent=4))
 
 
-def save_checkpoint(iteration: int, model: torch.nn.Module, optimizer, lr_scheduler, args) -> None:
-    """Save ``model``'s weights as ``<args.save>/<iteration>`` and point ``latest`` at it.
+def save_checkpoint(
+    iteration: int, model: torch.nn.Module, optimizer, lr_scheduler, args, client_state: dict | None = None
+) -> None:
+    """Save ``model`` as ``<args.save>/<iteration>`` and point ``latest`` at it.
 
-    One file per model-parallel rank, written by the first data-parallel copy. The optimizer
-    and scheduler are not part of this weights-only format.
+    For a plain module: its weights, one file per model-parallel rank (written by the first
+    data-parallel copy). For a DeepSpeed engine: the full training state (see the module
+    docstring), with ``client_state`` (e.g. the data position) added to the model file. Every
+    rank must call it.
     """
     save_dir = args.save
     if not save_dir:
         raise ValueError("save_checkpoint needs args.save, the directory to write to")
+    if is_deepspeed_engine(model):
+        _save_engine_checkpoint(iteration, model, lr_scheduler, args, client_state or {})
+        return
     module = _unwrap(model)
     path = get_checkpoint_name(save_dir, iteration)
     if mpu.get_data_parallel_rank() == 0:
@@ -217,6 +238,116 @@ def save_checkpoint(iteration: int, model: torch.nn.Module, optimizer, lr_schedu
     _barrier()
 
 
+def is_deepspeed_engine(model) -> bool:
+    """Whether ``model`` is a DeepSpeed engine (what ``deepspeed.initialize`` returns)."""
+    ds = sys.modules.get("deepspeed")
+    return ds is not None and isinstance(model, ds.DeepSpeedEngine)
+
+
+def _broadcast_decision(value: bool) -> bool:
+    """Rank 0's ``value`` on every rank (a file-system check must not differ between ranks)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def _read_latest(save_dir: str) -> str | None:
+    tracker = get_checkpoint_tracker_filename(save_dir)
+    if not os.path.isfile(tracker):
+        return None
+    with open(tracker) as f:
+        return f.read().strip()
+
+
+def _precision(engine) -> str:
+    return "bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32"
+
+
+def _full_state_dict(engine) -> dict[str, torch.Tensor]:
+    """The module's complete state dict on CPU, gathering ZeRO-3 partitions (a collective)."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+        return {key: value.detach().cpu().clone() for key, value in engine.module.state_dict().items()}
+
+
+def _save_engine_checkpoint(iteration: int, engine, lr_scheduler, args, client_state: dict) -> None:
+    save_dir = args.save
+    final = os.path.join(save_dir, str(iteration))
+    if _broadcast_decision(os.path.isdir(final) and _read_latest(save_dir) == str(iteration)):
+        print_rank0(f"{final} is already the latest checkpoint; not saving iteration {iteration} again")
+        return
+    use_safe_checkpoint_engine(engine)
+    tag = f"{iteration}.partial"
+    partial = os.path.join(save_dir, tag)
+    if _rank() == 0 and os.path.isdir(partial):  # left by a save that crashed
+        shutil.rmtree(partial)
+    _barrier()
+    state = {
+        "iteration": iteration,
+        "client_lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
+        "zero_stage": engine.zero_optimization_stage(),
+        "dp_world_size": mpu.get_data_parallel_world_size(),
+        "precision": _precision(engine),
+        **client_state,
+    }
+    rng = None if getattr(args, "no_save_rng", False) else rng_states()
+    if rng is not None:
+        state.update(rng)
+    print_rank0(f"saving checkpoint {final}")
+    engine.save_checkpoint(save_dir, tag=tag, client_state=state, save_latest=False)
+    if engine.zero_optimization_partition_weights():
+        # ZeRO-3 writes only partitions; the original layout needs the whole module per MP rank.
+        module_state = _full_state_dict(engine)
+        if mpu.get_data_parallel_rank() == 0:
+            atomic_torch_save({"module": module_state, **state}, get_checkpoint_name(save_dir, tag))
+    if rng is not None:
+        atomic_torch_save(rng, os.path.join(partial, f"rng_states_rank_{_rank():05d}.pt"))
+    _barrier()
+    if _rank() == 0:
+        if os.path.isdir(final):  # left by a run that crashed before pointing ``latest`` at it
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        save_model_config(args, engine.module, save_dir)
+        _write_text(get_checkpoint_tracker_filename(save_dir), str(iteration))
+    _barrier()
+
+
+class _SafeCheckpointEngine:
+    """DeepSpeed's checkpoint engine with atomic writes and ``weights_only`` reads."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def save(self, state_dict, path: str) -> None:
+        atomic_torch_save(state_dict, path)
+
+    def load(self, path: str, map_location=None):
+        with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _deepspeed_safe_globals() -> list:
+    # The few plain-data classes DeepSpeed pickles into its optimizer files.
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def use_safe_checkpoint_engine(engine) -> None:
+    """Make ``engine`` write its checkpoint files atomically and read them with
+    ``weights_only=True`` (idempotent)."""
+    if not isinstance(engine.checkpoint_engine, _SafeCheckpointEngine):
+        engine.checkpoint_engine = _SafeCheckpointEngine(engine.checkpoint_engine)
+
+
 # ----------------------------------------------------------------------------- reading
 def read_checkpoint_file(path: str) -> dict:
     """Load a checkpoint file safely (``weights_only``), memory-mapped when possible."""
@@ -228,12 +359,13 @@ def read_checkpoint_file(path: str) -> dict:
             "or iteration than the checkpoint was saved with?"
         )
     try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        with torch.serialization.safe_globals(_NUMPY_STATE_GLOBALS):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} holds objects that are not safe to load (weights_only refused): {e}") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
@@ -341,18 +473,42 @@ def _mixin_names(keys: list[str]) -> list[str]:
     return names
 
 
+def rng_states() -> dict:
+    """This process's random states (Python, NumPy, torch, CUDA and the model-parallel
+    tracker) in the original library's keys, as plain data that ``weights_only`` can load."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "random_rng_state": random.getstate(),
+        "np_rng_state": (name, keys.tolist(), position, has_gauss, cached_gaussian),
+        "torch_rng_state": torch.get_rng_state(),
+        "cuda_rng_state": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "rng_tracker_states": mpu.get_cuda_rng_tracker().get_states(),
+    }
+
+
+def restore_rng_states(state: Mapping) -> None:
+    """Set the random states saved by ``rng_states`` (or by the original library)."""
+    random.setstate(_as_tuples(state["random_rng_state"]))
+    name, keys, *rest = state["np_rng_state"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch_rng_state"])
+    if torch.cuda.is_available() and state.get("cuda_rng_state") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng_state"])
+    if state.get("rng_tracker_states") is not None:
+        mpu.get_cuda_rng_tracker().set_states(state["rng_tracker_states"])
+
+
+def _as_tuples(value):
+    # random.setstate needs tuples; a round trip through some serialisers gives lists.
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def _restore_rng(state: Mapping, path: str) -> None:
     wanted = ("random_rng_state", "np_rng_state", "torch_rng_state")
     if not all(key in state for key in wanted):
         print_rank0(f"{path} holds no random states; the random streams start fresh.", level="WARNING")
         return
-    random.setstate(state["random_rng_state"])
-    np.random.set_state(state["np_rng_state"])
-    torch.set_rng_state(state["torch_rng_state"])
-    if torch.cuda.is_available() and state.get("cuda_rng_state") is not None:
-        torch.cuda.set_rng_state(state["cuda_rng_state"])
-    if "rng_tracker_states" in state:
-        mpu.get_cuda_rng_tracker().set_states(state["rng_tracker_states"])
+    restore_rng_states(state)
 
 
 def load_checkpoint(
@@ -389,11 +545,12 @@ def load_checkpoint(
 
     module = _unwrap(model)
     device = _model_device(module, args)
-    missing, unexpected = load_state_dict_into(module, state, device)
-    if unexpected:
-        print_rank0(f"Will continue but found unexpected keys in {path}: {unexpected}", level="WARNING")
-    if missing:
-        _handle_missing(module, missing, mode, args, path, device)
+    with _gathered(module):
+        missing, unexpected = load_state_dict_into(module, state, device)
+        if unexpected:
+            print_rank0(f"Will continue but found unexpected keys in {path}: {unexpected}", level="WARNING")
+        if missing:
+            _handle_missing(module, missing, mode, args, path, device)
 
     if mode == "finetune":
         iteration = 0
@@ -404,6 +561,15 @@ def load_checkpoint(
     if mpu.get_data_parallel_rank() == 0:
         print_all(f"> successfully loaded {path}")
     return iteration
+
+
+def _gathered(module: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Whole parameters inside the block for a model partitioned by ZeRO-3 (``deepspeed.zero.Init``);
+    rank 0's values are partitioned again at the end. Nothing to do otherwise."""
+    params = list(module.parameters())
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    return sys.modules["deepspeed"].zero.GatheredParameters(params, modifier_rank=0)
 
 
 def _model_device(module: torch.nn.Module, args) -> torch.device:
@@ -434,3 +600,46 @@ def _handle_missing(module, missing: list[str], mode: str, args, path: str, devi
     _materialize_missing(module, meta_missing, device)
     if mode != "inference" and hasattr(module, "reinit"):
         module.reinit(_mixin_names(missing))
+
+
+# ----------------------------------------------------------------------------- resuming training
+def load_training_state(engine, lr_scheduler, args, load_path: str | None = None) -> dict:
+    """Continue a run from the checkpoint in ``load_path`` (default ``args.load``), after
+    ``deepspeed.initialize``: restore the optimizer (with its ZeRO shards) and the learning-rate
+    schedule. Returns the checkpoint's client state: ``iteration``, ``data_position`` and, unless
+    ``--no-load-rng``, this rank's random states under ``"rng"`` (apply them with
+    ``restore_rng_states`` right before the next step). Weights-only checkpoints, and ones saved
+    with another ZeRO stage, precision or data-parallel size, restore the weights only (with
+    a warning); the optimizer then starts fresh.
+    """
+    load_path = load_path or args.load
+    iteration, release, _ = get_checkpoint_iteration(load_path)
+    path = get_checkpoint_name(load_path, iteration, release)
+    state = dict(read_checkpoint_file(path))
+    now = (engine.zero_optimization_stage(), mpu.get_data_parallel_world_size(), _precision(engine))
+    then = (state.get("zero_stage"), state.get("dp_world_size"), state.get("precision"))
+    if None in then:
+        print_rank0(f"{path} holds no optimizer state (weights only): the optimizer starts fresh.", "WARNING")
+    elif then != now:
+        print_rank0(
+            f"{path} was saved with (ZeRO stage, data-parallel size, precision) = {then}, this run uses {now}: "
+            "the optimizer state is not restored and starts fresh.",
+            level="WARNING",
+        )
+    else:
+        use_safe_checkpoint_engine(engine)
+        loaded, _ = engine.load_checkpoint(
+            load_path, tag=str(iteration), load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if loaded is None:
+            raise CheckpointError(f"DeepSpeed could not load the training state of {path}")
+    if lr_scheduler is not None and state.get("client_lr_scheduler"):
+        lr_scheduler.load_state_dict(state["client_lr_scheduler"])
+    if not getattr(args, "no_load_rng", False):
+        own = os.path.join(os.path.dirname(path), f"rng_states_rank_{_rank():05d}.pt")
+        if os.path.isfile(own):
+            state["rng"] = torch.load(own, weights_only=True)
+        elif "torch_rng_state" in state:
+            print_rank0(f"{own} is missing: every rank continues from rank 0's random states.", "WARNING")
+            state["rng"] = {key: state[key] for key in rng_states() if key in state}
+    return state
