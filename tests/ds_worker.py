@@ -9,6 +9,8 @@ then ends with ``os._exit(0)`` (a gloo teardown race can abort a normal exit).
 Failure injection: ``SAT_TEST_KILL_AT=N`` SIGKILLs the process as iteration N+1 starts;
 ``SAT_TEST_CRASH_SAVE_AT=N`` SIGKILLs it in the middle of writing checkpoint N;
 ``SAT_TEST_NAN_AT=i,j`` makes the loss of training forward calls i and j (counted from 0) NaN.
+``SAT_TEST_MODEL``: ``base`` (default, the BaseModel class), ``frozen`` (a class whose
+embeddings are frozen) or ``instance`` (a BaseModel instance with a ``LogitBias`` mixin).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import sys
 
 import torch
 import torch.nn.functional as F
+
+from sat.model import BaseMixin, BaseModel
 
 SEQ_LEN = 16
 
@@ -53,6 +57,36 @@ def sample_losses(model, tokens: torch.Tensor) -> torch.Tensor:
     return losses.mean(dim=1)
 
 
+class LogitBias(BaseMixin):
+    """A learned bias on the logits; ``reinit`` sets it to 0.5 so the tests can see it ran."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(vocab))
+
+    def reinit(self, parent_model=None):
+        torch.nn.init.constant_(self.bias, 0.5)
+
+    @BaseMixin.non_conflict
+    def final_forward(self, logits, old_impl=None, **kw_args):
+        return old_impl(logits, **kw_args) + self.bias
+
+
+class FrozenEmbeddings(BaseModel):
+    def disable_untrainable_params(self):
+        self.transformer.word_embeddings.requires_grad_(False)
+        self.transformer.position_embeddings.requires_grad_(False)
+
+
+def _model(args):
+    kind = os.environ.get("SAT_TEST_MODEL", "base")
+    if kind == "instance":
+        model = BaseModel(args)
+        model.add_mixin("logit_bias", LogitBias(args.vocab_size))
+        return model
+    return {"base": BaseModel, "frozen": FrozenEmbeddings}[kind]
+
+
 def _inject_save_crash(iteration: int) -> None:
     real_save = torch.save
 
@@ -68,7 +102,6 @@ def _inject_save_crash(iteration: int) -> None:
 
 def main() -> None:
     from sat import get_args
-    from sat.model import BaseModel
     from sat.training.deepspeed_training import training_main
 
     out = os.environ["SAT_TEST_OUT"]
@@ -93,11 +126,25 @@ def main() -> None:
             return loss, {"first_token_loss": losses[0].detach()}
         return loss, {"sample_loss_eval": losses}
 
+    def init_function(args, model):
+        mixins = getattr(model, "mixins", {})
+        record["init"] = {
+            "iteration": args.iteration,
+            "logit_bias": mixins["logit_bias"].bias.tolist()[:2] if "logit_bias" in mixins else None,
+        }
+
     def handle_metrics(metrics):
         record["test_sample_losses"] = metrics["sample_loss_eval"].tolist()
         return {"sample_loss": metrics["sample_loss_eval"].mean()}
 
-    engine = training_main(args, BaseModel, forward_step, create_dataset, handle_metrics_function=handle_metrics)
+    engine = training_main(
+        args,
+        _model(args),
+        forward_step,
+        create_dataset,
+        handle_metrics_function=handle_metrics,
+        init_function=init_function,
+    )
 
     import deepspeed
 

@@ -121,3 +121,24 @@ def test_rng_tracker_fork_is_independent_and_restores_stream():
     with tracker.fork():
         assert torch.equal(torch.rand(1), second)  # restored states replay the stream
     assert not torch.equal(forked, second)
+
+
+def test_checkpoint_recomputes_model_parallel_dropout_with_the_forward_masks():
+    tracker = mpu.get_cuda_rng_tracker()
+    mpu.model_parallel_cuda_manual_seed(5)
+    weight = torch.randn(8, 8, requires_grad=True)
+    x = torch.randn(4, 8)
+
+    def block(inputs):
+        with tracker.fork():  # dropout on model-parallel activations draws from the tracker
+            return F.dropout(inputs @ weight, 0.5, training=True)
+
+    start = tracker.get_states()
+    block(x).pow(2).sum().backward()
+    expected_grad, after_forward = weight.grad.clone(), tracker.get_states()
+    weight.grad = None
+    tracker.set_states(start)
+    mpu.checkpoint(block, x).pow(2).sum().backward()
+    assert torch.equal(weight.grad, expected_grad)  # the recomputation used the forward's masks
+    for name, state in tracker.get_states().items():
+        assert torch.equal(state, after_forward[name])  # and did not advance the tracker again

@@ -20,9 +20,9 @@ def _run(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def test_import_pulls_in_no_heavy_dependency():
     code = (
         "import sys, sat\n"
-        "from sat import AutoModel, get_args\n"
+        "from sat import AutoModel, get_args, training_main\n"
         "from sat.model import BaseModel, BaseMixin\n"
-        "import sat.mpu, sat.transformer_defaults, sat.training.model_io, sat.resources\n"
+        "import sat.mpu, sat.transformer_defaults, sat.training.model_io, sat.resources, sat.data_utils\n"
         f"print([m for m in sys.modules if m.split('.')[0] in {HEAVY!r}])\n"
     )
     result = _run(code)
@@ -49,18 +49,42 @@ def test_import_and_inference_work_with_deepspeed_absent():
     assert result.stdout.strip() == "(1, 4, 100)"
 
 
+def test_training_without_deepspeed_fails_clearly():
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'deepspeed':\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from sat import get_args, training_main\n"
+        "from sat.model import BaseModel\n"
+        "args = get_args(['--train-iters', '1'])\n"
+        "try:\n"
+        "    training_main(args, BaseModel, None, None)\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    result = _run(code)
+    assert result.returncode == 0, result.stderr
+    assert "training needs DeepSpeed" in result.stdout and "pip install deepspeed" in result.stdout
+
+
 def test_public_names():
     import sat
     import sat.model
     import sat.transformer_defaults as defaults
 
-    assert {"AutoModel", "get_args", "update_args_with_file"} <= set(dir(sat))
+    assert {"AutoModel", "get_args", "training_main", "update_args_with_file"} <= set(dir(sat))
     assert sat.AutoModel is sat.model.AutoModel
     assert {"HOOKS_DEFAULT", "ARGS_DEFAULT", "standard_attention"} <= set(dir(defaults))
     from sat.helpers import print_all, print_rank0  # noqa: F401
     from sat.model.base_model import BaseMixin, BaseModel, non_conflict, replacable  # noqa: F401
     from sat.model.transformer import BaseTransformer, standard_attention  # noqa: F401
+    from sat.training.deepspeed_training import training_main  # noqa: F401
     from sat.training.model_io import load_checkpoint, save_checkpoint  # noqa: F401
+
+    assert sat.training_main is training_main
 
 
 def test_print_rank0_and_loglevel(sat_log):

@@ -107,7 +107,45 @@ def _deepspeed_checkpointing_configured() -> bool:
 
 def checkpoint(function: Callable, *args):
     """Activation checkpointing: DeepSpeed's when the training run configured it, else
-    ``torch.utils.checkpoint`` (non-reentrant). ``function`` takes and returns tensors."""
+    ``torch.utils.checkpoint`` (non-reentrant). ``function`` takes and returns tensors.
+
+    The recomputation replays the model-parallel tracker's random state too (both
+    implementations restore only the CPU and CUDA generators), so dropout inside
+    model-parallel regions draws the same masks as the forward pass.
+    """
+    returns_tuple: list[bool] = []
+    function = _replaying_tracker(function, returns_tuple)
     if _deepspeed_checkpointing_configured():
-        return sys.modules["deepspeed"].checkpointing.checkpoint(function, *args)
+        # DeepSpeed's checkpoint is reentrant: it back-propagates into the block only when an
+        # input requires grad, which is not the case above frozen embeddings.
+        if torch.is_grad_enabled() and not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            first = next((i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
+            if first is not None:
+                args = (*args[:first], args[first].detach().requires_grad_(), *args[first + 1 :])
+        outputs = sys.modules["deepspeed"].checkpointing.checkpoint(function, *args)
+        # DeepSpeed unwraps a one-tensor tuple; callers get what ``function`` returned.
+        return (outputs,) if returns_tuple[0] and isinstance(outputs, torch.Tensor) else outputs
     return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False)
+
+
+def _replaying_tracker(function: Callable, returns_tuple: list[bool]) -> Callable:
+    """``function``, where every call after the first runs with the tracker states the first
+    call started from, and leaves the tracker as it found it. The first call appends to
+    ``returns_tuple`` whether ``function`` returned a tuple."""
+    first_states: dict[str, torch.Tensor] | None = None
+
+    def run(*args):
+        nonlocal first_states
+        if first_states is None:
+            first_states = _RNG_TRACKER.get_states()
+            outputs = function(*args)
+            returns_tuple.append(isinstance(outputs, tuple))
+            return outputs
+        current = _RNG_TRACKER.get_states()
+        _RNG_TRACKER.set_states(first_states)
+        try:
+            return function(*args)
+        finally:
+            _RNG_TRACKER.set_states(current)
+
+    return run
