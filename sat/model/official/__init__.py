@@ -1,3 +1,5 @@
 """The model zoo: one small file per family, each registered for ``AutoModel``."""
 
-__all__: list[str] = []
+from sat.model.official.gpt2_model import GPT2Model
+
+__all__ = ["GPT2Model"]

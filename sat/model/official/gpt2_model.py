@@ -1,0 +1,39 @@
+"""GPT-2: the backbone with tanh-GELU and an output projection of its own (``gpt2-final``)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from sat.model.base_model import BaseMixin, BaseModel
+from sat.mpu import ColumnParallelLinear, gather_from_model_parallel_region
+from sat.mpu.utils import gelu
+
+
+class GPT2FinalMixin(BaseMixin):
+    """``final_forward``: project hidden states to the vocabulary with ``lm_head``."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, skip_init: bool = False):
+        super().__init__()
+        # Column-parallel so the vocabulary shards with model parallelism; called through
+        # F.linear because the backbone already entered the model-parallel region.
+        self.lm_head = ColumnParallelLinear(
+            hidden_size, vocab_size, bias=False, gather_output=False, skip_init=skip_init
+        )
+
+    def final_forward(self, logits, **kw_args):
+        logits = F.linear(logits, self.lm_head.weight)  # [b, s, vocab / mp]
+        return logits if kw_args["parallel_output"] else gather_from_model_parallel_region(logits)
+
+
+class GPT2Model(BaseModel):
+    def __init__(self, args, transformer=None, **kwargs):
+        kwargs.setdefault("activation_func", gelu)
+        super().__init__(args, transformer=transformer, **kwargs)
+        self.add_mixin(
+            "gpt2-final", GPT2FinalMixin(args.vocab_size, args.hidden_size, skip_init=getattr(args, "skip_init", False))
+        )
+
+    @classmethod
+    def add_model_specific_args(cls, parser):
+        parser.add_argument_group("GPT2", "GPT2 Configurations")
+        return parser
