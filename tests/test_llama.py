@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from model_checks import check_hf_round_trip, check_sat_model
+from model_checks import check_hf_round_trip, check_left_padded_batch, check_sat_model
 from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers import LlamaModel as HFLlamaModel
@@ -81,16 +81,7 @@ def test_rotary_buffer_is_declared_sat_only():
 
 
 def test_padded_gqa_batch_matches_transformers():
-    hf = LlamaForCausalLM(hf_config(num_key_value_heads=2)).eval()
-    model, _ = from_hf(hf)
-    attention = torch.ones(2, 12, dtype=torch.long)
-    attention[1, :4] = 0  # left padding
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    mask = torch.ones(12, 12).tril() * attention[:, None, None, :]  # [b, 1, s, s]
-    with torch.no_grad():
-        expected = hf(IDS, attention_mask=attention, position_ids=positions).logits
-        got = model(IDS, positions, mask)[0]
-    assert (got - expected)[attention.bool()].abs().max() < 1e-5
+    check_left_padded_batch(LlamaForCausalLM(hf_config(num_key_value_heads=2)), IDS)
 
 
 def test_tied_directory_without_lm_head_loads_untied(tmp_path):
