@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 
 from sat.mpu import gather_from_model_parallel_region
 from sat.mpu.utils import split_tensor_along_last_dim
@@ -30,6 +29,7 @@ from sat.ops.attention import (
     standard_attention,
 )
 from sat.ops.layernorm import LayerNorm, RMSNorm
+from sat.ops.linear import linear
 
 __all__ = [
     "ARGS_DEFAULT",
@@ -208,7 +208,7 @@ def position_embedding_forward_default(
 def final_forward_default(self, logits: torch.Tensor, **kw_args) -> torch.Tensor:
     """Output head on the final hidden states ``[b, s, h]`` -> ``[b, s, vocab]``: the tied word
     embedding. Gathers the model-parallel vocabulary shards unless ``parallel_output``."""
-    logits = F.linear(logits, self.transformer.word_embeddings.weight)  # [b, s, vocab / mp]
+    logits = linear(logits, self.transformer.word_embeddings.weight)  # [b, s, vocab / mp]
     if not kw_args["parallel_output"]:
         logits = gather_from_model_parallel_region(logits)
     return logits

@@ -30,6 +30,7 @@ from sat.mpu.mappings import (
 )
 from sat.mpu.partition import Stride, merge_strided, split_strided
 from sat.mpu.utils import InitMethod, VocabUtility, divide, unscaled_init_method
+from sat.ops.linear import linear
 
 
 def _mark_parallel(param: Parameter, split: bool = True) -> Parameter:
@@ -120,7 +121,7 @@ class ColumnParallelLinear(_ParallelLayer):
                 self.master_weight = self.weight.detach().clone()
 
     def forward(self, input_: torch.Tensor) -> torch.Tensor:
-        output = F.linear(copy_to_model_parallel_region(input_), self.weight, self.bias)  # [..., out / mp]
+        output = linear(copy_to_model_parallel_region(input_), self.weight, self.bias)  # [..., out / mp]
         return gather_from_model_parallel_region(output) if self.gather_output else output
 
     def partition(self, new_model_parallel_size: int | None = None, full_weight: torch.Tensor | None = None):
@@ -197,11 +198,11 @@ class RowParallelLinear(_ParallelLayer):
     def forward(self, input_: torch.Tensor) -> torch.Tensor:
         world_size = get_model_parallel_world_size()
         if world_size == 1:
-            return F.linear(input_, self.weight, self.bias)
+            return linear(input_, self.weight, self.bias)
         x = input_ if self.input_is_parallel else scatter_to_model_parallel_region(input_)
         if self.bias is not None and not self.final_bias:
-            return reduce_from_model_parallel_region(F.linear(x, self.weight, self.bias / world_size))
-        output = reduce_from_model_parallel_region(F.linear(x, self.weight))  # [..., out]
+            return reduce_from_model_parallel_region(linear(x, self.weight, self.bias / world_size))
+        output = reduce_from_model_parallel_region(linear(x, self.weight))  # [..., out]
         return output if self.bias is None else output + self.bias
 
     def partition(self, new_model_parallel_size: int | None = None, full_weight: torch.Tensor | None = None):
