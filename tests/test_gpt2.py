@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_checks import check_hf_round_trip, check_sat_model
+from model_checks import check_hf_round_trip, check_left_padded_batch, check_sat_model
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers import GPT2Model as HFGPT2Model
 
@@ -31,16 +31,7 @@ def test_parity_with_transformers(tmp_path, overrides):
 
 
 def test_padded_batch_matches_transformers():
-    hf = GPT2LMHeadModel(hf_config()).eval()
-    model, _ = from_hf(hf)
-    attention = torch.ones(2, 12, dtype=torch.long)
-    attention[1, :4] = 0  # left padding
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    mask = torch.ones(12, 12).tril() * attention[:, None, None, :]  # [b, 1, s, s]
-    with torch.no_grad():
-        expected = hf(IDS, attention_mask=attention, position_ids=positions).logits
-        got = model(IDS, positions, mask)[0]
-    assert (got - expected)[attention.bool()].abs().max() < 1e-5
+    check_left_padded_batch(GPT2LMHeadModel(hf_config()), IDS)
 
 
 def test_headless_source_and_directory(tmp_path):

@@ -111,12 +111,14 @@ def from_hf(source, **overrides) -> tuple[torch.nn.Module, argparse.Namespace]:
     args = _sat_args(family, config)
     for key, value in overrides.items():
         setattr(args, key, value)
-    sat_state = family.state_map(args).hf_to_sat(family.prepare_hf_state(dict(hf_state), config), family.context(args))
+    state_map = family.state_map(args)
+    sat_state = state_map.hf_to_sat(family.prepare_hf_state(dict(hf_state), config), family.context(args))
     args.skip_init = True  # weights come from the source: build on meta, no random init
     model = get_model(args, model_registry.get(family.sat_class))
     args.skip_init = False
     device = torch.device("cuda", args.device) if isinstance(args.device, int) else torch.device(args.device)
     missing, unexpected = load_state_dict_into(model, sat_state, device)
+    missing = [key for key in missing if key not in state_map.sat_only]
     if missing or unexpected:
         raise MappingError(f"{family.name}: the translated state dict misses {missing} and has extra {unexpected}")
     return model.eval(), args
