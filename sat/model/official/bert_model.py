@@ -16,16 +16,12 @@ from sat.mpu import ColumnParallelLinear, gather_from_model_parallel_region
 from sat.ops.layernorm import LayerNorm
 
 
-def _mixin_device(skip_init: bool) -> str | None:
-    return "meta" if skip_init else None  # meta: the weights come from a checkpoint
-
-
 class BertLMHead(torch.nn.Module):
     """``dense`` -> GELU -> ``layer_norm`` -> ``decoder`` (to the vocabulary)."""
 
     def __init__(self, vocab_size: int, hidden_size: int, layernorm_epsilon: float = 1e-5, skip_init: bool = False):
         super().__init__()
-        device = _mixin_device(skip_init)
+        device = "meta" if skip_init else None  # skip_init: a checkpoint provides the weights
         self.dense = torch.nn.Linear(hidden_size, hidden_size, device=device)
         self.layer_norm = LayerNorm(hidden_size, eps=layernorm_epsilon, device=device)
         # Column-parallel so the vocabulary shards with model parallelism; called through
@@ -56,7 +52,7 @@ class BertPoolerMixin(BaseMixin):
 
     def __init__(self, hidden_size: int, skip_init: bool = False):
         super().__init__()
-        self.dense = torch.nn.Linear(hidden_size, hidden_size, device=_mixin_device(skip_init))
+        self.dense = torch.nn.Linear(hidden_size, hidden_size, device="meta" if skip_init else None)
 
     def final_forward(self, logits, **kw_args):
         return logits  # [b, s, h]
@@ -71,7 +67,7 @@ class BertTypeMixin(BaseMixin):
 
     def __init__(self, num_types: int, hidden_size: int, skip_init: bool = False):
         super().__init__()
-        self.type_embeddings = torch.nn.Embedding(num_types, hidden_size, device=_mixin_device(skip_init))
+        self.type_embeddings = torch.nn.Embedding(num_types, hidden_size, device="meta" if skip_init else None)
 
     def word_embedding_forward(self, input_ids, output_cross_layer, **kw_args):
         token_type_ids = kw_args.get("token_type_ids")
