@@ -1,5 +1,5 @@
 """BertModel, RobertaModel and ViTModel checkpoints move both ways between this project and the
-original library (fixtures made by tests/fixtures/original_zoo/make_fixtures.py)."""
+original library (fixtures made by tests/fixtures/original_zoo/make_zoo_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sat.model import AutoModel
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "original_zoo")
 sys.path.insert(0, FIXTURES)
-from make_fixtures import MODELS, outputs_of  # noqa: E402
+from make_zoo_fixtures import MODELS, outputs_of  # noqa: E402
 
 
 @pytest.mark.parametrize("writer", ["written_by_original", "written_by_ours"])
