@@ -1,13 +1,15 @@
 """BERT (``BertForMaskedLM``, and the headless ``BertModel``) <-> sat ``BertModel``.
 
-The encoder rows serve RoBERTa too (``sat.hf.families.roberta``). Post-LN moves the layer norms
-by one place: sat's layer ``i`` normalises its input, HF's layer ``i`` its output. So HF's
+``encoder_family`` serves RoBERTa too (``sat.hf.families.roberta``). Post-LN moves the layer
+norms by one place: sat's layer ``i`` normalises its input, HF's layer ``i`` its output. So HF's
 ``embeddings.LayerNorm`` is sat layer 0's ``input_layernorm``, HF layer ``i``'s
 ``output.LayerNorm`` is sat layer ``i + 1``'s ``input_layernorm``, and the last one is sat's
 ``final_layernorm``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,8 +70,13 @@ def lm_head_rows(dense: str, norm: str, decoder: str, bias: str) -> list[tuple]:
     ]
 
 
-def encoder_args(config, headless: bool) -> dict:
-    """sat arguments of a BERT-style HF config; raises on what sat's BERT cannot express."""
+def encoder_args(config, head_class: str, headless_class: str) -> dict:
+    """sat arguments of a BERT-style HF config of class ``head_class`` or ``headless_class``
+    (``config.architectures``; none counts as the one with a head). Raises on what sat's BERT
+    cannot express."""
+    name = (config.architectures or [head_class])[0]
+    if name not in (head_class, headless_class):
+        raise ValueError(f"{name} is not supported; sat translates {head_class} and {headless_class}")
     if config.hidden_act != "gelu":
         raise ValueError(
             f"{config.model_type} with hidden_act={config.hidden_act!r} is not supported (exact GELU only)"
@@ -93,31 +100,29 @@ def encoder_args(config, headless: bool) -> dict:
         attention_dropout=config.attention_probs_dropout_prob,
         layernorm_order="post",
         num_types=config.type_vocab_size,
-        headless=headless,
+        headless=name == headless_class,
     )
 
 
-def is_headless(config, headless_class: str, head_class: str) -> bool:
-    """Whether ``config.architectures`` names the headless class (a config without a class
-    counts as the one with a head); other classes raise."""
-    name = (config.architectures or [head_class])[0]
-    if name not in (headless_class, head_class):
-        raise ValueError(f"{name} is not supported; sat translates {head_class} and {headless_class}")
-    return name == headless_class
-
-
-def encoder_config(model, config_class, head_class: str, headless_class: str, **extra):
+def encoder_config(model, config_class: str, head_class: str, headless_class: str):
     """The HF config of sat ``BertModel``/``RobertaModel`` ``model``, naming the HF class it
     converts to; raises where sat's model is configured in a way HF's cannot express."""
+    import transformers
+
     t = model.transformer
     if t.layernorm_order != "post" or t.layers[0].mlp.activation_func is not F.gelu:
         raise ValueError(f"{type(model).__name__} converts to transformers only post-LN with exact GELU")
+    if "bert-type" not in model.mixins:
+        raise ValueError(
+            f"{type(model).__name__} without token types (bert-type; the original library's RoBERTa) has no "
+            f"transformers counterpart: {head_class} always adds a token-type embedding. Build it with "
+            "use_token_types=True."
+        )
+    extra = dict(architectures=[headless_class])
     if "bert-final" in model.mixins:
         head = model.get_mixin("bert-final").lm_head.decoder.weight
         extra.update(architectures=[head_class], tie_word_embeddings=bool(torch.equal(head, t.word_embeddings.weight)))
-    else:
-        extra.update(architectures=[headless_class])
-    return config_class(
+    return getattr(transformers, config_class)(
         num_hidden_layers=t.num_layers,
         hidden_size=t.hidden_size,
         num_attention_heads=t.num_attention_heads,
@@ -126,61 +131,70 @@ def encoder_config(model, config_class, head_class: str, headless_class: str, **
         intermediate_size=t.inner_hidden_size or 4 * t.hidden_size,
         layer_norm_eps=t.layernorm_epsilon,
         hidden_act="gelu",
+        type_vocab_size=model.get_mixin("bert-type").type_embeddings.num_embeddings,
         hidden_dropout_prob=t.layers[0].attention.output_dropout.p,
         attention_probs_dropout_prob=t.layers[0].attention.attention_dropout.p,
         **extra,
     )
 
 
-def fill_tied(state: dict, config, decoder: str, bias: str, word_embeddings: str) -> dict:
-    """Add the tied tensors a saved masked-LM checkpoint leaves out."""
-    if bias in state:
-        state.setdefault(decoder + ".bias", state[bias])
-        if config.tie_word_embeddings and word_embeddings in state:
-            state.setdefault(decoder + ".weight", state[word_embeddings])
-    return state
+def encoder_family(
+    name: str,
+    sat_class: str,
+    classes: tuple[str, str, str],
+    prefix: str,
+    lm_head: tuple[str, str, str, str],
+    config_to_args: Callable[[object], dict],
+) -> Family:
+    """A BERT-style family.
 
+    Args:
+        classes: the HF config class, the class with the masked-LM head, the headless class.
+        prefix: the base model's prefix in the class with the head (none when headless).
+        lm_head: the HF names of the head's dense layer, layer norm, decoder and bias.
+        config_to_args: HF config -> sat arguments (``encoder_args`` and what the family adds).
+    """
+    config_class, head_class, headless_class = classes
+    dense, norm, decoder, bias = lm_head
 
-def encoder_map(prefix: str, lm_head: tuple[str, str, str, str]):
-    """The family's table as a function of the sat arguments: the encoder under ``prefix`` with
-    the masked-LM head (``lm_head_rows(*lm_head)``), or, headless, unprefixed with the pooler."""
-
-    def table(args) -> list[tuple]:
+    def table(args) -> list[tuple]:  # the encoder with the head, or headless: unprefixed, with the pooler
         if args.headless:
             return encoder_table("", args.num_layers) + weight_bias("mixins.bert-pooler.dense", "pooler.dense")
-        return encoder_table(prefix, args.num_layers) + lm_head_rows(*lm_head)
+        return encoder_table(prefix, args.num_layers) + lm_head_rows(dense, norm, decoder, bias)
 
-    return table
+    def fill_tied(state: dict, config) -> dict:  # what a saved masked-LM directory leaves out
+        if bias in state:
+            state.setdefault(decoder + ".bias", state[bias])
+            if config.tie_word_embeddings and prefix + "embeddings.word_embeddings.weight" in state:
+                state.setdefault(decoder + ".weight", state[prefix + "embeddings.word_embeddings.weight"])
+        return state
 
-
-def model_to_config(model):
-    from transformers import BertConfig
-
-    types = model.get_mixin("bert-type").type_embeddings.num_embeddings
-    return encoder_config(model, BertConfig, "BertForMaskedLM", "BertModel", type_vocab_size=types)
+    return Family(
+        name=name,
+        model_types=(name,),
+        sat_class=sat_class,
+        hf_class=lambda args: headless_class if args.headless else head_class,
+        table=table,
+        config_to_args=config_to_args,
+        model_to_config=lambda model: encoder_config(model, config_class, head_class, headless_class),
+        context=lambda args: {"hidden_size": args.hidden_size},
+        prepare_hf_state=fill_tied,
+        ignore_hf=IGNORE_HF,
+    )
 
 
 register_family(
-    Family(
-        name="bert",
-        model_types=("bert",),
-        sat_class="BertModel",
-        hf_class=lambda args: "BertModel" if args.headless else "BertForMaskedLM",
-        table=encoder_map(
-            "bert.",
-            (
-                "cls.predictions.transform.dense",
-                "cls.predictions.transform.LayerNorm",
-                "cls.predictions.decoder",
-                "cls.predictions.bias",
-            ),
+    encoder_family(
+        "bert",
+        "BertModel",
+        ("BertConfig", "BertForMaskedLM", "BertModel"),
+        "bert.",
+        (
+            "cls.predictions.transform.dense",
+            "cls.predictions.transform.LayerNorm",
+            "cls.predictions.decoder",
+            "cls.predictions.bias",
         ),
-        config_to_args=lambda config: encoder_args(config, is_headless(config, "BertModel", "BertForMaskedLM")),
-        model_to_config=model_to_config,
-        context=lambda args: {"hidden_size": args.hidden_size},
-        prepare_hf_state=lambda state, config: fill_tied(
-            state, config, "cls.predictions.decoder", "cls.predictions.bias", "bert.embeddings.word_embeddings.weight"
-        ),
-        ignore_hf=IGNORE_HF,
+        lambda config: encoder_args(config, "BertForMaskedLM", "BertModel"),
     )
 )
