@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_checks import check_hf_round_trip, check_sat_model
+from model_checks import check_hf_round_trip, check_sat_model, check_unmatched_keys
 from transformers import RobertaConfig, RobertaForMaskedLM
 from transformers import RobertaModel as HFRobertaModel
 
@@ -87,6 +87,9 @@ def test_converted_model_reloads_with_its_token_types(tmp_path):
     assert type(to_hf(loaded)) is RobertaForMaskedLM
 
 
-def test_unsupported_pad_token():
+def test_unsupported_pad_token_and_unmatched_keys():
     with pytest.raises(ValueError, match="pad_token_id=0 is not supported"):
         from_hf(RobertaForMaskedLM(hf_config(pad_token_id=0, bos_token_id=2, eos_token_id=2)))
+    check_unmatched_keys(
+        RobertaForMaskedLM(hf_config()), "lm_head.extra", "roberta.encoder.layer.0.attention.self.key.bias"
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from model_checks import check_hf_round_trip, check_sat_model
+from model_checks import check_hf_round_trip, check_sat_model, check_unmatched_keys
 from transformers import ViTConfig, ViTForImageClassification
 from transformers import ViTModel as HFViTModel
 
@@ -101,10 +101,11 @@ def test_reinit_interpolates_the_grid_bicubically_and_keeps_special_tokens():
     assert classify(model, image(48, 64)).shape == (2, 5)
 
 
-def test_unsupported_configs():
+def test_unsupported_configs_and_unmatched_keys():
     with pytest.raises(ValueError, match="hidden_act='relu' is not supported"):
         from_hf(ViTForImageClassification(hf_config(hidden_act="relu")))
     with pytest.raises(ValueError, match="ViTModel is not supported"):
         from_hf(HFViTModel(hf_config()))
     with pytest.raises(ValueError, match="one \\[CLS\\] token"):
         to_hf(ViTModel(sat_args()))  # a post token HF's ViT does not have
+    check_unmatched_keys(ViTForImageClassification(hf_config()), "vit.layers.0.mlp.extra", "vit.layers.1.mlp.fc1.bias")
