@@ -24,13 +24,14 @@ class BertLMHead(torch.nn.Module):
         device = "meta" if skip_init else None  # skip_init: a checkpoint provides the weights
         self.dense = torch.nn.Linear(hidden_size, hidden_size, device=device)
         self.layer_norm = LayerNorm(hidden_size, eps=layernorm_epsilon, device=device)
-        # Column-parallel so the vocabulary shards with model parallelism; called through
-        # F.linear because the backbone already entered the model-parallel region.
+        # Column-parallel so the vocabulary shards with model parallelism. It enters the
+        # model-parallel region itself, after the replicated dense and layer norm, so their
+        # gradients are whole on every rank.
         self.decoder = ColumnParallelLinear(hidden_size, vocab_size, gather_output=False, skip_init=skip_init)
 
     def forward(self, hidden_states: torch.Tensor, parallel_output: bool = False) -> torch.Tensor:
         hidden_states = self.layer_norm(F.gelu(self.dense(hidden_states)))  # [b, s, h]
-        logits = F.linear(hidden_states, self.decoder.weight, self.decoder.bias)  # [b, s, vocab / mp]
+        logits = self.decoder(hidden_states)  # [b, s, vocab / mp]
         return logits if parallel_output else gather_from_model_parallel_region(logits)
 
 
