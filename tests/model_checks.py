@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 
+import pytest
 import torch
 
-from sat.hf import from_hf, save_hf, to_hf
+from sat.hf import MappingError, from_hf, hf_to_sat_state_dict, save_hf, to_hf
 from sat.model import AutoModel
 from sat.training.model_io import save_checkpoint
 
@@ -80,3 +82,15 @@ def check_sat_model(model: torch.nn.Module, args, forward: Forward, tmp_path) ->
     assert type(loaded) is type(model)
     with torch.no_grad():
         assert torch.equal(forward(loaded), first)
+
+
+def check_unmatched_keys(hf_model, extra_key: str, missing_key: str) -> None:
+    """The production map rejects an HF state dict with an unknown key, and one lacking a key,
+    naming the key."""
+    state = hf_model.state_dict()
+    state[extra_key] = torch.zeros(1)
+    with pytest.raises(MappingError, match=rf"no sat counterpart: \['{re.escape(extra_key)}'\]"):
+        hf_to_sat_state_dict(state, hf_model.config)
+    del state[extra_key], state[missing_key]
+    with pytest.raises(MappingError, match=rf"lacks \['{re.escape(missing_key)}'\]"):
+        hf_to_sat_state_dict(state, hf_model.config)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 from collections.abc import Mapping
@@ -63,7 +64,14 @@ def _read_source(source) -> tuple[object, dict[str, torch.Tensor]]:
             raise FileNotFoundError(f"{path} is not a directory holding a transformers model")
         return AutoConfig.from_pretrained(path, local_files_only=True), read_hf_weights(path)
     if hasattr(source, "config") and hasattr(source, "state_dict"):
-        return source.config, source.state_dict()
+        config = source.config
+        if getattr(config, "architectures", None) != [type(source).__name__]:
+            # The object's class is what its weights are (a BertModel loaded from a
+            # BertForMaskedLM directory keeps that name in its config): record it as
+            # save_pretrained would, so a family can tell a headless model from one with a head.
+            config = copy.deepcopy(config)
+            config.architectures = [type(source).__name__]
+        return config, source.state_dict()
     raise TypeError(f"from_hf expects a directory or a transformers model, got {type(source).__name__}")
 
 
@@ -130,7 +138,7 @@ def to_hf(model: torch.nn.Module):
 
     family = family_for_sat_model(model)
     config = family.model_to_config(model)
-    hf_class = getattr(transformers, family.hf_class)
+    hf_class = getattr(transformers, family.hf_class_name(_sat_args(family, config)))
     hf_state = sat_to_hf_state_dict(model, config)
     with torch.device("meta"):
         expected = hf_class(config).state_dict()
