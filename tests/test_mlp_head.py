@@ -1,5 +1,7 @@
 """MLPHeadMixin: a classification head in place of BERT's masked-LM head."""
 
+import argparse
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,12 +21,12 @@ class HiddenStates(BaseMixin):
         return logits
 
 
+ARGS = BertModel.get_args(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=100, max_sequence_length=16)
+
+
 def classifier() -> BertModel:
     torch.manual_seed(0)
-    args = BertModel.get_args(
-        num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=100, max_sequence_length=16
-    )
-    model = BertModel(args, layernorm_order="post")
+    model = BertModel(ARGS, layernorm_order="post")
     model.del_mixin("bert-final")
     model.add_mixin("classification_head", MLPHeadMixin(32, 16, 2, init_std=0.1))
     return model
@@ -60,8 +62,7 @@ def test_head_trains_and_reloads(tmp_path):
     assert losses[-1] < losses[0] / 2
 
     model.eval()
-    model.args.save = str(tmp_path)
-    save_checkpoint(1, model, None, None, model.args)
+    save_checkpoint(1, model, None, None, argparse.Namespace(**{**vars(ARGS), "save": str(tmp_path)}))
     # As users of the original do: build the pretrained model, swap in the head, load the finetuned weights.
     reloaded, args = AutoModel.from_pretrained(str(tmp_path), build_only=True)
     reloaded.del_mixin("bert-final")
