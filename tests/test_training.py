@@ -155,8 +155,8 @@ def test_zero_stage_trains_checkpoints_and_reloads(tmp_path_factory, stage, prec
     model = _load(checkpoint, dtype)
     for name, value in model.named_parameters():
         assert torch.equal(value.float(), rank0["params"][name]), name
-    with torch.no_grad():
-        recomputed = sample_losses(model, _test_tokens())
+    with torch.no_grad():  # in the evaluation's batches (CPU matmuls round by batch shape)
+        recomputed = torch.cat([sample_losses(model, batch) for batch in _test_tokens().split([4, 4, 2])])
     evaluated = torch.tensor(rank0["test_sample_losses"])
     assert evaluated.shape == (10,)  # 10 samples: rank 1's placeholder in the last batch was dropped
     if stage < 3:
@@ -255,10 +255,12 @@ def test_deepspeed_activation_checkpointing_matches_and_reaches_layers_above_fro
     plain, _ = frozen_embeddings_run(tmp_path_factory)
     argv = [*ARGV, "--checkpoint-activations"]
     (checkpointed,) = launch(str(tmp_path), 1, argv, env={"SAT_TEST_MODEL": "frozen"})
-    assert checkpointed["losses"] == plain["losses"]
+    # Same first step exactly; after that the recomputed backward's other summation order
+    # leaves last-bit gradient differences, which Adam magnifies where the true gradient is
+    # about zero (the key bias), yet they stay far below what one step at lr=0.01 moves.
+    assert checkpointed["losses"][:2] == plain["losses"][:2]
+    assert torch.allclose(torch.tensor(checkpointed["losses"]), torch.tensor(plain["losses"]), rtol=1e-5, atol=0)
     for name, value in plain["params"].items():
-        # Recomputed backward sums in another order: last-bit gradient differences, which Adam
-        # magnifies where the true gradient is about zero (the key bias), stay far below lr=0.01.
         assert torch.allclose(checkpointed["params"][name], value, rtol=0, atol=1e-4), name
 
 

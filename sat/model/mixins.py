@@ -1,6 +1,7 @@
-"""Mixins users add to models. Re-exports ``BaseMixin``; finetuning and generation mixins are
-exported here as they are added to the package."""
+"""Mixins users add to models: the base class, the KV cache and the finetuning mixins."""
 
 from sat.model.base_model import BaseMixin
+from sat.model.cached_autoregressive_model import CachedAutoregressiveMixin
+from sat.model.finetune import MLPHeadMixin
 
-__all__ = ["BaseMixin"]
+__all__ = ["BaseMixin", "CachedAutoregressiveMixin", "MLPHeadMixin"]

@@ -41,6 +41,10 @@ def load_pretrained(
     from sat.model.base_model import get_model
 
     model_dir = resolve_checkpoint_dir(name, home_path, url)
+    from sat.hf.convert import is_hf_directory
+
+    if is_hf_directory(model_dir):
+        return _load_hf_directory(model_cls, model_dir, overwrite_args, build_only)
     config_path = os.path.join(model_dir, "model_config.json")
     if not os.path.isfile(config_path):
         raise CheckpointError(f"{model_dir} has no model_config.json; not a sat checkpoint directory")
@@ -50,6 +54,8 @@ def load_pretrained(
     if model_cls is None:
         if not hasattr(args, "model_class"):
             raise CheckpointError(f"{config_path} has no 'model_class'; AutoModel cannot tell which class to build")
+        import sat.model.official  # noqa: F401  (registers the zoo's classes)
+
         model_cls = model_registry.get(args.model_class)
     if fill_defaults and hasattr(model_cls, "get_args"):
         for key, value in vars(model_cls.get_args()).items():
@@ -65,4 +71,16 @@ def load_pretrained(
     args.device = build_args.device
     if not build_only:
         load_checkpoint(model, args, load_path=model_dir, prefix=prefix, specific_iteration=specific_iteration)
+    return model, args
+
+
+def _load_hf_directory(model_cls, model_dir: str, overwrite_args: dict | None, build_only: bool):
+    """``from_pretrained`` on a ``transformers`` directory: translate it with ``sat.hf``."""
+    from sat.hf import from_hf
+
+    if build_only:
+        raise ValueError(f"build_only is not supported for the transformers directory {model_dir}")
+    model, args = from_hf(model_dir, **(overwrite_args or {}))
+    if model_cls is not None and not isinstance(model, model_cls):
+        raise TypeError(f"{model_dir} holds a {type(model).__name__}, not a {model_cls.__name__}")
     return model, args

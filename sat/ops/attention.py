@@ -29,9 +29,14 @@ def full_attention_mask(dtype: torch.dtype, device: torch.device) -> torch.Tenso
     return mask
 
 
-def causal_attention_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The ``[length, length]`` lower-triangular mask, tagged so SDPA may run it causally."""
-    mask = torch.ones(length, length, dtype=dtype, device=device).tril()
+def causal_attention_mask(
+    length: int, dtype: torch.dtype, device: torch.device, key_length: int | None = None
+) -> torch.Tensor:
+    """The ``[length, key_length]`` causal mask (query ``i`` sees keys up to
+    ``i + key_length - length``: earlier, cached keys are all visible), tagged so SDPA may
+    run it causally."""
+    key_length = length if key_length is None else key_length
+    mask = torch.ones(length, key_length, dtype=dtype, device=device).tril(key_length - length)
     setattr(mask, _KIND, CAUSAL)
     return mask
 

@@ -38,6 +38,7 @@ import torch.distributed as dist
 
 from sat import mpu
 from sat.helpers import print_all, print_rank0
+from sat.mpu.reshard import partition_specs, reshard_state, saved_model_parallel_size, shard_path
 
 # Always written to model_config.json, in the original's order.
 _ARCH_ARGS = (
@@ -128,7 +129,9 @@ def _atomic_write(path: str, write) -> None:
             os.remove(tmp)
 
 
-def _write_text(path: str, text: str) -> None:
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never half."""
+
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -206,7 +209,11 @@ def save_model_config(args, model: torch.nn.Module, save_dir: str) -> None:
     """Write ``<save_dir>/model_config.json`` (rank 0 only)."""
     if _rank() == 0:
         config = extract_model_specific_args_to_dump(args, model)
-        _write_text(os.path.join(save_dir, "model_config.json"), json.dumps(config, indent=4))
+        if "tokenizer_type" in config:
+            from sat.tokenization import portable_tokenizer_type
+
+            config["tokenizer_type"] = portable_tokenizer_type(config["tokenizer_type"], save_dir)
+        atomic_write_text(os.path.join(save_dir, "model_config.json"), json.dumps(config, indent=4))
 
 
 def save_checkpoint(
@@ -234,7 +241,7 @@ def save_checkpoint(
     _barrier()
     if _rank() == 0:
         save_model_config(args, module, save_dir)
-        _write_text(get_checkpoint_tracker_filename(save_dir), str(iteration))
+        atomic_write_text(get_checkpoint_tracker_filename(save_dir), str(iteration))
     _barrier()
 
 
@@ -311,7 +318,7 @@ def _save_engine_checkpoint(iteration: int, engine, lr_scheduler, args, client_s
             shutil.rmtree(final)
         os.replace(partial, final)
         save_model_config(args, engine.module, save_dir)
-        _write_text(get_checkpoint_tracker_filename(save_dir), str(iteration))
+        atomic_write_text(get_checkpoint_tracker_filename(save_dir), str(iteration))
     _barrier()
 
 
@@ -433,14 +440,27 @@ def _materialize_missing(module: torch.nn.Module, keys: list[str], device: torch
             owner.reset_parameters()
 
 
+def _apply_load_pre_hooks(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` after the ``load_state_dict`` pre-hooks of ``module`` and its submodules
+    ran on it (a model renaming keys of older checkpoints), as ``load_state_dict`` runs them."""
+    state = dict(state)
+    for prefix, submodule in module.named_modules():
+        for hook in submodule._load_state_dict_pre_hooks.values():
+            hook(state, f"{prefix}." if prefix else "", {}, False, [], [], [])
+    return state
+
+
 def load_state_dict_into(
     module: torch.nn.Module, state: Mapping[str, torch.Tensor], device: torch.device | str = "cpu"
 ) -> tuple[list[str], list[str]]:
     """Load ``state`` into ``module`` (non-strict) and return ``(missing, unexpected)`` keys.
 
-    Shapes are checked first and every mismatch is reported by key. ``meta`` parameters
-    (a ``skip_init`` model) take the checkpoint's tensors; real ones are copied into.
+    The module's ``load_state_dict`` pre-hooks apply first, on the meta path too (the copy path
+    runs them again through ``load_state_dict``, so they must be idempotent, as renames are).
+    Shapes are checked and every mismatch is reported by key. ``meta`` parameters (a
+    ``skip_init`` model) take the checkpoint's tensors; real ones are copied into.
     """
+    state = _apply_load_pre_hooks(module, state)
     own = module.state_dict(keep_vars=True)
     mismatched = [
         f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
@@ -538,12 +558,9 @@ def load_checkpoint(
     path = get_checkpoint_name(load_path, iteration, release)
     if mpu.get_data_parallel_rank() == 0:
         print_all(f"global rank {_rank()} is loading checkpoint {path}")
-    checkpoint = read_checkpoint_file(path)
-    state = {key[len(prefix) :]: value for key, value in checkpoint["module"].items() if key.startswith(prefix)}
-    if prefix and not state:
-        raise CheckpointError(f"no key of {path} starts with prefix {prefix!r}")
-
     module = _unwrap(model)
+    checkpoint, state = _read_for_this_rank(path, module, prefix)
+
     device = _model_device(module, args)
     with _gathered(module):
         missing, unexpected = load_state_dict_into(module, state, device)
@@ -570,6 +587,29 @@ def _gathered(module: torch.nn.Module) -> contextlib.AbstractContextManager:
     if not any(hasattr(p, "ds_id") for p in params):
         return contextlib.nullcontext()
     return sys.modules["deepspeed"].zero.GatheredParameters(params, modifier_rank=0)
+
+
+def _read_for_this_rank(path: str, module: torch.nn.Module, prefix: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The checkpoint file of this model-parallel rank and its module state (keys with ``prefix``,
+    stripped); resharded from every saved rank when the checkpoint's model-parallel size differs."""
+    iteration_dir = os.path.dirname(path)
+    saved = saved_model_parallel_size(iteration_dir) if os.path.isdir(iteration_dir) else 1
+    current = mpu.get_model_parallel_world_size()
+    if saved == current:
+        sources = [read_checkpoint_file(path)]
+    else:
+        print_rank0(f"resharding {iteration_dir} from model-parallel size {saved} to {current}")
+        sources = [read_checkpoint_file(shard_path(iteration_dir, rank)) for rank in range(saved)]
+    states = [_strip_prefix(source["module"], prefix) for source in sources]
+    if prefix and not states[0]:
+        raise CheckpointError(f"no key of {path} starts with prefix {prefix!r}")
+    if saved != current:
+        states = [reshard_state(states, partition_specs(module), current, mpu.get_model_parallel_rank())]
+    return sources[0], states[0]
+
+
+def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def _model_device(module: torch.nn.Module, args) -> torch.device:

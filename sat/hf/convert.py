@@ -1,0 +1,162 @@
+"""Moving models between ``transformers`` and sat: ``from_hf``, ``to_hf``, ``save_hf``.
+
+``transformers`` is imported only when one of these is called.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+from collections.abc import Mapping
+
+import torch
+
+from sat.hf.family import Family, family_for_model_type, family_for_sat_model
+from sat.hf.mapping import MappingError
+
+
+def is_hf_directory(path: str) -> bool:
+    """A ``transformers`` model directory (``config.json`` with a ``model_type``), not a sat
+    checkpoint."""
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config) or os.path.isfile(os.path.join(path, "model_config.json")):
+        return False
+    with open(config, encoding="utf-8") as f:
+        return "model_type" in json.load(f)
+
+
+def read_hf_weights(directory: str) -> dict[str, torch.Tensor]:
+    """The state dict of an HF directory: (sharded) safetensors, memory-mapped, or
+    ``pytorch_model.bin`` loaded with ``weights_only``."""
+    from safetensors.torch import load_file
+
+    files = sorted(os.listdir(directory))
+    for index_name, loader in (
+        ("model.safetensors.index.json", load_file),
+        ("pytorch_model.bin.index.json", _load_bin),
+    ):
+        if index_name in files:
+            with open(os.path.join(directory, index_name)) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            state = {}
+            for shard in shards:
+                state.update(loader(os.path.join(directory, shard)))
+            return state
+    if "model.safetensors" in files:
+        return load_file(os.path.join(directory, "model.safetensors"))
+    if "pytorch_model.bin" in files:
+        return _load_bin(os.path.join(directory, "pytorch_model.bin"))
+    raise FileNotFoundError(f"{directory} holds no model.safetensors or pytorch_model.bin (files: {files})")
+
+
+def _load_bin(path: str) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def _read_source(source) -> tuple[object, dict[str, torch.Tensor]]:
+    if isinstance(source, str | os.PathLike):
+        from transformers import AutoConfig
+
+        path = os.fspath(source)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{path} is not a directory holding a transformers model")
+        return AutoConfig.from_pretrained(path, local_files_only=True), read_hf_weights(path)
+    if hasattr(source, "config") and hasattr(source, "state_dict"):
+        config = source.config
+        if getattr(config, "architectures", None) != [type(source).__name__]:
+            # The object's class is what its weights are (a BertModel loaded from a
+            # BertForMaskedLM directory keeps that name in its config): record it as
+            # save_pretrained would, so a family can tell a headless model from one with a head.
+            config = copy.deepcopy(config)
+            config.architectures = [type(source).__name__]
+        return config, source.state_dict()
+    raise TypeError(f"from_hf expects a directory or a transformers model, got {type(source).__name__}")
+
+
+def _sat_args(family: Family, config) -> argparse.Namespace:
+    from sat.model import model_registry
+
+    model_cls = model_registry.get(family.sat_class)
+    return model_cls.get_args(**family.config_to_args(config))
+
+
+def hf_to_sat_state_dict(hf_state: Mapping[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """Translate a ``transformers`` state dict (with its config) to sat names and layouts."""
+    family = family_for_model_type(config.model_type)
+    args = _sat_args(family, config)
+    state = family.prepare_hf_state(dict(hf_state), config)
+    return family.state_map(args).hf_to_sat(state, family.context(args))
+
+
+def sat_to_hf_state_dict(model: torch.nn.Module, config=None) -> dict[str, torch.Tensor]:
+    """Translate a sat model's state dict to ``transformers`` names and layouts."""
+    family = family_for_sat_model(model)
+    # The HF config carries every size the map needs, so both directions share _sat_args.
+    args = _sat_args(family, config if config is not None else family.model_to_config(model))
+    return family.state_map(args).sat_to_hf(model.state_dict(), family.context(args))
+
+
+def from_hf(source, **overrides) -> tuple[torch.nn.Module, argparse.Namespace]:
+    """Build the sat model of a ``transformers`` model and load its weights.
+
+    Args:
+        source: an HF model directory (``config.json`` + safetensors) or an in-memory
+            ``transformers`` model.
+        overrides: sat arguments to set on top of the translated configuration
+            (``bf16=True``, ``checkpoint_activations=True``...).
+    Returns:
+        ``(model, args)``, the model in eval mode.
+    """
+    import sat.model.official  # noqa: F401  (registers the classes)
+    from sat.model import model_registry
+    from sat.model.base_model import get_model
+    from sat.training.model_io import load_state_dict_into
+
+    config, hf_state = _read_source(source)
+    family = family_for_model_type(config.model_type)
+    args = _sat_args(family, config)
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    state_map = family.state_map(args)
+    sat_state = state_map.hf_to_sat(family.prepare_hf_state(dict(hf_state), config), family.context(args))
+    args.skip_init = True  # weights come from the source: build on meta, no random init
+    model = get_model(args, model_registry.get(family.sat_class))
+    args.skip_init = False
+    device = torch.device("cuda", args.device) if isinstance(args.device, int) else torch.device(args.device)
+    missing, unexpected = load_state_dict_into(model, sat_state, device)
+    missing = [key for key in missing if key not in state_map.sat_only]
+    if missing or unexpected:
+        raise MappingError(f"{family.name}: the translated state dict misses {missing} and has extra {unexpected}")
+    return model.eval(), args
+
+
+def to_hf(model: torch.nn.Module):
+    """The ``transformers`` model equal to sat ``model`` (eval mode, same dtype)."""
+    import transformers
+
+    family = family_for_sat_model(model)
+    config = family.model_to_config(model)
+    hf_class = getattr(transformers, family.hf_class_name(_sat_args(family, config)))
+    hf_state = sat_to_hf_state_dict(model, config)
+    with torch.device("meta"):
+        expected = hf_class(config).state_dict()
+    missing = [key for key in expected if key not in hf_state]
+    extra = [key for key in hf_state if key not in expected]
+    shapes = [
+        f"{key}: {tuple(hf_state[key].shape)} vs {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in hf_state and hf_state[key].shape != value.shape
+    ]
+    if missing or extra or shapes:
+        raise MappingError(f"{family.name}: to_hf state dict misses {missing}, has extra {extra}, shapes {shapes}")
+    dtype = next(model.parameters()).dtype
+    hf_model = hf_class.from_pretrained(None, config=config, state_dict=hf_state, dtype=dtype)
+    return hf_model.eval()
+
+
+def save_hf(model: torch.nn.Module, directory: str) -> None:
+    """Write ``model`` as a ``transformers`` directory (``config.json`` + ``model.safetensors``)
+    that ``transformers.AutoModel*.from_pretrained`` loads."""
+    to_hf(model).save_pretrained(directory, safe_serialization=True)

@@ -1,0 +1,1 @@
+"""One module per translatable architecture; each registers a Family when imported."""

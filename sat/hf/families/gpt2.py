@@ -1,0 +1,100 @@
+"""GPT-2 (``GPT2LMHeadModel``) <-> ``GPT2Model``."""
+
+from __future__ import annotations
+
+import torch
+
+from sat.hf.family import Family, register_family
+from sat.hf.mapping import TRANSPOSE
+
+_LAYER = "transformer.layers.{}."
+_HF_LAYER = "transformer.h.{}."
+
+TABLE = [
+    ("transformer.word_embeddings.weight", "transformer.wte.weight"),
+    ("transformer.position_embeddings.weight", "transformer.wpe.weight"),
+    (_LAYER + "input_layernorm.weight", _HF_LAYER + "ln_1.weight"),
+    (_LAYER + "input_layernorm.bias", _HF_LAYER + "ln_1.bias"),
+    # Conv1D keeps weights as [in, out]; its fused c_attn is [Q; K; V] like query_key_value.
+    (_LAYER + "attention.query_key_value.weight", _HF_LAYER + "attn.c_attn.weight", TRANSPOSE),
+    (_LAYER + "attention.query_key_value.bias", _HF_LAYER + "attn.c_attn.bias"),
+    (_LAYER + "attention.dense.weight", _HF_LAYER + "attn.c_proj.weight", TRANSPOSE),
+    (_LAYER + "attention.dense.bias", _HF_LAYER + "attn.c_proj.bias"),
+    (_LAYER + "post_attention_layernorm.weight", _HF_LAYER + "ln_2.weight"),
+    (_LAYER + "post_attention_layernorm.bias", _HF_LAYER + "ln_2.bias"),
+    (_LAYER + "mlp.dense_h_to_4h.weight", _HF_LAYER + "mlp.c_fc.weight", TRANSPOSE),
+    (_LAYER + "mlp.dense_h_to_4h.bias", _HF_LAYER + "mlp.c_fc.bias"),
+    (_LAYER + "mlp.dense_4h_to_h.weight", _HF_LAYER + "mlp.c_proj.weight", TRANSPOSE),
+    (_LAYER + "mlp.dense_4h_to_h.bias", _HF_LAYER + "mlp.c_proj.bias"),
+    ("transformer.final_layernorm.weight", "transformer.ln_f.weight"),
+    ("transformer.final_layernorm.bias", "transformer.ln_f.bias"),
+    ("mixins.gpt2-final.lm_head.weight", "lm_head.weight"),
+]
+
+
+def config_to_args(config) -> dict:
+    if config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"GPT-2 with activation {config.activation_function!r} is not supported (tanh GELU only)")
+    for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
+        if getattr(config, flag, False):
+            raise ValueError(f"GPT-2 with {flag}=True is not supported")
+    if not getattr(config, "scale_attn_weights", True):
+        raise ValueError("GPT-2 with scale_attn_weights=False is not supported")
+    return dict(
+        num_layers=config.n_layer,
+        hidden_size=config.n_embd,
+        num_attention_heads=config.n_head,
+        vocab_size=config.vocab_size,
+        max_sequence_length=config.n_positions,
+        inner_hidden_size=config.n_inner,
+        layernorm_epsilon=config.layer_norm_epsilon,
+        hidden_dropout=config.resid_pdrop,
+        attention_dropout=config.attn_pdrop,
+        layernorm_order="pre",
+    )
+
+
+def model_to_config(model):
+    from transformers import GPT2Config
+
+    t = model.transformer
+    lm_head = model.get_mixin("gpt2-final").lm_head.weight
+    special = min(50256, t.vocab_size - 1)  # GPT-2's <|endoftext|>, kept inside small vocabularies
+    return GPT2Config(
+        n_layer=t.num_layers,
+        n_embd=t.hidden_size,
+        n_head=t.num_attention_heads,
+        vocab_size=t.vocab_size,
+        n_positions=t.max_sequence_length,
+        n_inner=t.inner_hidden_size,
+        layer_norm_epsilon=t.layernorm_epsilon,
+        activation_function="gelu_new",
+        resid_pdrop=t.layers[0].attention.output_dropout.p,
+        embd_pdrop=t.embedding_dropout.p,
+        attn_pdrop=t.layers[0].attention.attention_dropout.p,
+        bos_token_id=special,
+        eos_token_id=special,
+        tie_word_embeddings=bool(torch.equal(lm_head, t.word_embeddings.weight)),
+    )
+
+
+def prepare_hf_state(state: dict, config) -> dict:
+    if not any(key.startswith("transformer.") for key in state):  # a headless GPT2Model
+        state = {f"transformer.{key}": value for key, value in state.items()}
+    state.setdefault("lm_head.weight", state["transformer.wte.weight"])  # tied, often not saved
+    return state
+
+
+register_family(
+    Family(
+        name="gpt2",
+        model_types=("gpt2",),
+        sat_class="GPT2Model",
+        hf_class="GPT2LMHeadModel",
+        table=TABLE,
+        config_to_args=config_to_args,
+        model_to_config=model_to_config,
+        prepare_hf_state=prepare_hf_state,
+        ignore_hf=(r"transformer\.h\.\d+\.attn\.(masked_)?bias",),
+    )
+)

@@ -1,0 +1,35 @@
+"""GPT-2: the backbone with tanh-GELU and an output projection of its own (``gpt2-final``)."""
+
+from __future__ import annotations
+
+from sat.model.base_model import BaseMixin, BaseModel
+from sat.mpu import ColumnParallelLinear, vocab_parallel_logits
+from sat.mpu.utils import gelu
+
+
+class GPT2FinalMixin(BaseMixin):
+    """``final_forward``: project hidden states to the vocabulary with ``lm_head``."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, skip_init: bool = False):
+        super().__init__()
+        # Column-parallel so the vocabulary shards with model parallelism.
+        self.lm_head = ColumnParallelLinear(
+            hidden_size, vocab_size, bias=False, gather_output=False, skip_init=skip_init
+        )
+
+    def final_forward(self, logits, **kw_args):
+        return vocab_parallel_logits(logits, self.lm_head.weight, kw_args["parallel_output"])
+
+
+class GPT2Model(BaseModel):
+    def __init__(self, args, transformer=None, **kwargs):
+        kwargs.setdefault("activation_func", gelu)
+        super().__init__(args, transformer=transformer, **kwargs)
+        self.add_mixin(
+            "gpt2-final", GPT2FinalMixin(args.vocab_size, args.hidden_size, skip_init=getattr(args, "skip_init", False))
+        )
+
+    @classmethod
+    def add_model_specific_args(cls, parser):
+        parser.add_argument_group("GPT2", "GPT2 Configurations")
+        return parser

@@ -1,0 +1,96 @@
+"""Checks every official model and every HF family goes through (shared by their tests)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from sat.hf import MappingError, from_hf, hf_to_sat_state_dict, save_hf, to_hf
+from sat.model import AutoModel
+from sat.training.model_io import save_checkpoint
+
+Forward = Callable[[torch.nn.Module], torch.Tensor]
+
+
+def check_hf_round_trip(hf_model, sat_forward: Forward, hf_forward: Forward, tmp_path, atol: float = 1e-5) -> float:
+    """Convert ``hf_model`` with the production code; outputs must agree within ``atol``, the
+    way back must give the identical HF state dict, and ``save_hf`` must load in transformers
+    with the same outputs. Returns the max abs difference sat vs HF."""
+    hf_model.eval()
+    model, _ = from_hf(hf_model)
+    with torch.no_grad():
+        expected = hf_forward(hf_model)
+        difference = (sat_forward(model) - expected).abs().max().item()
+    assert difference <= atol, difference
+
+    back = to_hf(model)
+    original = hf_model.state_dict()
+    assert set(back.state_dict()) == set(original)
+    for key, value in original.items():
+        assert torch.equal(back.state_dict()[key], value), key
+
+    directory = os.path.join(str(tmp_path), "hf")
+    save_hf(model, directory)
+    reloaded = type(hf_model).from_pretrained(directory).eval()
+    with torch.no_grad():
+        assert torch.equal(hf_forward(reloaded), expected)
+    return difference
+
+
+def check_left_padded_batch(hf_model, input_ids: torch.Tensor, pad: int = 4, atol: float = 1e-5) -> float:
+    """The sat model of causal LM ``hf_model`` on a batch whose second row starts with ``pad``
+    padding tokens (positions counted from the first real token) agrees with transformers on
+    every real token. Returns the max abs difference."""
+    hf_model.eval()
+    model, _ = from_hf(hf_model)
+    batch, seq = input_ids.shape
+    attention = torch.ones(batch, seq, dtype=torch.long)
+    attention[1, :pad] = 0  # left padding
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    mask = torch.ones(seq, seq).tril() * attention[:, None, None, :]  # [b, 1, s, s]
+    with torch.no_grad():
+        expected = hf_model(input_ids, attention_mask=attention, position_ids=positions).logits
+        got = model(input_ids, positions, mask)[0]
+    difference = (got - expected)[attention.bool()].abs().max().item()
+    assert difference <= atol, difference
+    return difference
+
+
+def check_sat_model(model: torch.nn.Module, args, forward: Forward, tmp_path) -> None:
+    """Forward and backward run with finite gradients on every parameter, eval mode is
+    deterministic, and save -> AutoModel.from_pretrained reproduces the outputs exactly."""
+    model.train()
+    model.zero_grad()
+    out = forward(model)
+    out.float().square().mean().backward()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and torch.isfinite(param.grad).all(), name
+
+    model.eval()
+    with torch.no_grad():
+        first, second = forward(model), forward(model)
+    assert torch.equal(first, second)
+
+    args.save = os.path.join(str(tmp_path), "sat")
+    save_checkpoint(1, model, None, None, args)
+    loaded, _ = AutoModel.from_pretrained(args.save)
+    assert type(loaded) is type(model)
+    with torch.no_grad():
+        assert torch.equal(forward(loaded), first)
+
+
+def check_unmatched_keys(hf_model, extra_key: str, missing_key: str) -> None:
+    """The production map rejects an HF state dict with an unknown key, and one lacking a key,
+    naming the key."""
+    state = hf_model.state_dict()
+    state[extra_key] = torch.zeros(1)
+    with pytest.raises(MappingError, match=rf"no sat counterpart: \['{re.escape(extra_key)}'\]"):
+        hf_to_sat_state_dict(state, hf_model.config)
+    del state[extra_key], state[missing_key]
+    with pytest.raises(MappingError, match=rf"lacks \['{re.escape(missing_key)}'\]"):
+        hf_to_sat_state_dict(state, hf_model.config)

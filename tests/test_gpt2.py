@@ -1,0 +1,68 @@
+"""GPT2Model and the gpt2 family of sat.hf."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_checks import check_hf_round_trip, check_left_padded_batch, check_sat_model, check_unmatched_keys
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Model as HFGPT2Model
+
+from sat.hf import from_hf
+from sat.model import AutoModel
+from sat.model.official import GPT2Model
+
+IDS = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+POSITIONS = torch.arange(12).expand(2, 12)
+
+
+def hf_config(**overrides) -> GPT2Config:
+    values = dict(n_layer=2, n_embd=32, n_head=4, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0)
+    return GPT2Config(**{**values, **overrides})
+
+
+@pytest.mark.parametrize("overrides", [{}, {"n_inner": 48}])
+def test_parity_with_transformers(tmp_path, overrides):
+    hf = GPT2LMHeadModel(hf_config(**overrides))
+    difference = check_hf_round_trip(
+        hf, lambda m: m(IDS, POSITIONS, -1)[0], lambda h: h(IDS).logits, tmp_path, atol=1e-5
+    )
+    assert difference < 1e-5
+
+
+def test_padded_batch_matches_transformers():
+    check_left_padded_batch(GPT2LMHeadModel(hf_config()), IDS)
+
+
+def test_headless_source_and_directory(tmp_path):
+    base = HFGPT2Model(hf_config()).eval()
+    base.save_pretrained(tmp_path / "base")
+    model, args = AutoModel.from_pretrained(str(tmp_path / "base"))
+    assert isinstance(model, GPT2Model) and args.num_layers == 2
+    with torch.no_grad():
+        hidden = base(IDS).last_hidden_state
+        logits = model(IDS, POSITIONS, -1)[0]
+    assert (logits - hidden @ base.wte.weight.T).abs().max() < 1e-5  # tied head from the embeddings
+
+
+def test_untied_head_round_trips(tmp_path):
+    hf = GPT2LMHeadModel(hf_config(tie_word_embeddings=False))
+    with torch.no_grad():
+        hf.lm_head.weight.normal_()
+    check_hf_round_trip(hf, lambda m: m(IDS, POSITIONS, -1)[0], lambda h: h(IDS).logits, tmp_path)
+
+
+def test_sat_model_trains_saves_and_reloads(tmp_path):
+    args = GPT2Model.get_args(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=100, hidden_dropout=0.0)
+    model = GPT2Model(args)
+    assert list(model.mixins) == ["gpt2-final"]
+    assert model.get_mixin("gpt2-final").lm_head.weight.shape == (100, 32)
+    check_sat_model(model, args, lambda m: m(IDS, POSITIONS, -1)[0], tmp_path)
+
+
+def test_unsupported_configs_and_unmatched_keys():
+    with pytest.raises(ValueError, match="activation 'relu' is not supported"):
+        from_hf(GPT2LMHeadModel(hf_config(activation_function="relu")))
+    check_unmatched_keys(
+        GPT2LMHeadModel(hf_config()), "transformer.h.0.attn.extra.weight", "transformer.h.1.mlp.c_fc.bias"
+    )
