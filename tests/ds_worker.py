@@ -103,6 +103,7 @@ def _inject_save_crash(iteration: int) -> None:
 def main() -> None:
     from sat import get_args
     from sat.training.deepspeed_training import training_main
+    from sat.training.utils import exit_process
 
     out = os.environ["SAT_TEST_OUT"]
     kill_at = int(os.environ.get("SAT_TEST_KILL_AT", "-1"))
@@ -156,10 +157,7 @@ def main() -> None:
     record["iteration"] = args.iteration
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump(record, f)
-    torch.distributed.barrier()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_process()
 
 
 if __name__ == "__main__":
