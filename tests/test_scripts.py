@@ -27,7 +27,8 @@ import os, torch, torch.distributed as dist
 dist.init_process_group("gloo")
 total = torch.tensor([dist.get_rank() + 1])
 dist.all_reduce(total)
-print(f"rank {dist.get_rank()}/{dist.get_world_size()} sum {total.item()} omp {os.environ.get('OMP_NUM_THREADS')}", flush=True)
+omp = os.environ.get("OMP_NUM_THREADS")
+print(f"rank {dist.get_rank()}/{dist.get_world_size()} sum {total.item()} omp {omp}", flush=True)
 dist.barrier()
 os._exit(0)
 """
