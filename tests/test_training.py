@@ -17,6 +17,7 @@ import sys
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sat.helpers import get_free_port
 
@@ -138,7 +139,9 @@ def test_zero_stage_trains_checkpoints_and_reloads(tmp_path_factory, stage, prec
     # The original layout, plus the training state.
     root = os.path.dirname(checkpoint)
     assert sorted(os.listdir(root)) == ["runs", rank0["experiment_name"]]  # tensorboard beside, not in cwd
-    assert os.listdir(os.path.join(root, "runs", rank0["experiment_name"]))[0].startswith("events.out.tfevents")
+    events = EventAccumulator(os.path.join(root, "runs", rank0["experiment_name"]))
+    events.Reload()
+    assert [e.step for e in events.Scalars("Train/train_loss")] == [4, 8]  # every --log-interval
     scripts = {"zero_to_fp32.py", "zero_to_torch.py"} if stage > 0 else set()  # DeepSpeed's recovery scripts
     assert set(os.listdir(checkpoint)) == {"4", "8", "latest", "model_config.json"} | scripts
     assert open(os.path.join(checkpoint, "latest")).read() == "8"

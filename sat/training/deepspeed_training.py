@@ -436,7 +436,7 @@ def train(
 
 def _progress_bar(args):
     """A tqdm bar on rank 0 when stderr is a terminal (never in logs or CI)."""
-    if dist.get_rank() != 0 or not sys.stderr.isatty():
+    if (dist.is_initialized() and dist.get_rank() != 0) or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 
