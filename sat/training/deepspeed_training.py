@@ -295,6 +295,11 @@ def setup_model_untrainable_params_and_optimizer(args, model: torch.nn.Module, c
         config=config,
     )
     use_safe_checkpoint_engine(engine)
+    if engine.zero_optimization_stage() == 0 and mpu.get_data_parallel_world_size() == 1:
+        # One data-parallel rank has nothing to average, yet the engine would still copy every
+        # gradient into flat buffers, all-reduce them over the one rank and copy them back: a
+        # measurable share of each step (bench/training.py). ZeRO stages keep their own reduce.
+        engine.enable_backward_allreduce = False
     return engine, optimizer
 
 

@@ -1,0 +1,170 @@
+"""Training-loop overhead: ``training_main`` (DeepSpeed engine, ZeRO 0) vs a plain PyTorch loop.
+
+    python bench/training.py [--preset small] [--batch 2] [--seq 128] [--iters 8] [--repeats 3]
+
+Both sides train the same GPT-2 (same initial weights, same batches, dropout off) with AdamW
+and gradient clipping 1.0, in one process (``training_main`` needs no launcher). Each run
+times its iterations after ``--warmup`` ones, from the start of one forward step to the start
+of the next, so ``training_main``'s set-up (DeepSpeed initialisation, data loaders) is not
+counted but everything it does per iteration is: the engine's backward and step, logging
+all-reduces, the LR schedule, timers and log lines. Runs alternate (plain, sat, plain, sat...)
+so load on a shared machine hits both; the table gives medians.
+
+``transformers.Trainer`` with the same DeepSpeed config is not the peer here: on a CPU-only
+machine it needs ``accelerate``'s DeepSpeed plugin and a launcher, and would measure
+``transformers``' model as well as its loop. The plain loop isolates the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from common import emit, markdown_table
+
+from sat import get_args, training_main
+from sat.model import GPT2Model
+
+PRESETS = {  # layers, hidden, heads, vocab; --batch and --seq set the tokens per iteration
+    "tiny": dict(layers=2, hidden=128, heads=4, vocab=1024),
+    "small": dict(layers=12, hidden=768, heads=12, vocab=50304),  # GPT-2 small, 124M
+    "medium": dict(layers=24, hidden=1024, heads=16, vocab=50304),  # GPT-2 medium, 355M
+}
+CLIP = 1.0
+
+
+class RandomTokens(torch.utils.data.Dataset):
+    """``n`` rows of ``seq + 1`` random token ids, the same for every run."""
+
+    def __init__(self, n: int, seq: int, vocab: int):
+        self.rows = torch.randint(0, vocab, (n, seq + 1), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.rows[index]
+
+
+def lm_loss(model, rows: torch.Tensor) -> torch.Tensor:
+    tokens, targets = rows[:, :-1], rows[:, 1:]
+    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+    logits = model(tokens, positions, -1)[0]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def sat_args(p: dict, iters: int, save: str):
+    argv = [
+        "--num-layers", str(p["layers"]), "--hidden-size", str(p["hidden"]), "--num-attention-heads", str(p["heads"]),
+        "--vocab-size", str(p["vocab"]), "--max-sequence-length", str(p["seq"]),
+        "--hidden-dropout", "0", "--attention-dropout", "0", "--train-data", "random", "--split", "1",
+        "--batch-size", str(p["batch"]), "--train-iters", str(iters), "--lr", "1e-4", "--warmup", "0",
+        "--lr-decay-style", "constant", "--log-interval", "5", "--num-workers", "0", "--save", save,
+        "--save-interval", "100000", "--experiment-name", "bench",
+    ]  # fmt: skip
+    return get_args(argv)
+
+
+def run_sat(p: dict, iters: int, state: dict, starts: list[float]) -> None:
+    """``iters`` iterations of ``training_main``; ``starts`` gets each forward step's start."""
+    with tempfile.TemporaryDirectory() as save:
+        args = sat_args(p, iters, save)
+        model = GPT2Model(args)
+        model.load_state_dict(state)
+
+        def forward_step(data_iterator, model, args, timers):
+            starts.append(time.perf_counter())
+            return lm_loss(model, next(data_iterator))
+
+        training_main(args, model, forward_step, lambda path, args: RandomTokens(4096, p["seq"], p["vocab"]))
+    starts.append(time.perf_counter())  # after the last iteration (and the final save: not counted)
+
+
+def run_plain(p: dict, iters: int, state: dict, starts: list[float]) -> None:
+    """The same training as a textbook PyTorch loop."""
+    args = GPT2Model.get_args(
+        num_layers=p["layers"], hidden_size=p["hidden"], num_attention_heads=p["heads"], vocab_size=p["vocab"],
+        max_sequence_length=p["seq"], hidden_dropout=0.0, attention_dropout=0.0,
+    )  # fmt: skip
+    model = GPT2Model(args)
+    model.load_state_dict(state)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
+    loader = torch.utils.data.DataLoader(RandomTokens(4096, p["seq"], p["vocab"]), batch_size=p["batch"], shuffle=True)
+    batches = iter(loader)
+    for _ in range(iters):
+        starts.append(time.perf_counter())
+        loss = lm_loss(model, next(batches))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()  # training_main reads every loss for its logs; so does any real loop
+    starts.append(time.perf_counter())
+
+
+def per_iteration(starts: list[float], warmup: int) -> float:
+    """Median seconds per iteration after ``warmup``, each from its forward step's start to the
+    next one's (the last iteration, which runs into the loop's end, is not counted)."""
+    timed = starts[warmup:-1]
+    return statistics.median(b - a for a, b in zip(timed[:-1], timed[1:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    parser.add_argument("--iters", type=int, default=8, help="iterations per run, warm-up included")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
+    parser.add_argument("--output", default=None, help="also write the markdown table to this file")
+    options = parser.parse_args()
+    logging.getLogger("sat").setLevel(logging.WARNING)  # training_main's log lines are not the point here
+    torch.set_num_threads(options.threads)
+    p = dict(PRESETS[options.preset], batch=options.batch, seq=options.seq)
+    torch.manual_seed(0)
+    state = GPT2Model(
+        GPT2Model.get_args(
+            num_layers=p["layers"],
+            hidden_size=p["hidden"],
+            num_attention_heads=p["heads"],
+            vocab_size=p["vocab"],
+            max_sequence_length=p["seq"],
+        )  # fmt: skip
+    ).state_dict()
+    params = sum(v.numel() for v in state.values())
+
+    times: dict[str, list[float]] = {"plain PyTorch loop": [], "sat training_main": []}
+    for repeat in range(options.repeats):
+        for name, run in (("plain PyTorch loop", run_plain), ("sat training_main", run_sat)):
+            starts: list[float] = []
+            run(p, options.iters, state, starts)
+            times[name].append(per_iteration(starts, options.warmup))
+            print(f"repeat {repeat + 1}/{options.repeats} {name}: {times[name][-1] * 1000:.1f} ms/iteration",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    tokens = p["batch"] * p["seq"]
+    plain = statistics.median(times["plain PyTorch loop"])
+    rows = []
+    for name, values in times.items():
+        ms = statistics.median(values)
+        rows.append([name, f"{ms * 1000:.1f}", f"{tokens / ms:.0f}", f"{ms / plain:.3f}"])
+    print(
+        f"GPT-2 preset {options.preset}: {params / 1e6:.1f}M parameters, batch {p['batch']} x {p['seq']} tokens, "
+        f"fp32, {torch.get_num_threads()} threads, {os.cpu_count()} cores; median of {options.repeats} runs "
+        f"x {options.iters - options.warmup} timed iterations"
+    )
+    emit(markdown_table(["loop", "ms/iteration", "tokens/s", "time / plain"], rows), options.output)
+
+
+if __name__ == "__main__":
+    main()
