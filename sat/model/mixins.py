@@ -1,7 +1,25 @@
-"""Mixins users add to models: the base class, the KV cache, and (as they land) finetuning
-mixins."""
+"""Mixins users add to models: the base class, the KV cache and the finetuning mixins."""
 
 from sat.model.base_model import BaseMixin
 from sat.model.cached_autoregressive_model import CachedAutoregressiveMixin
+from sat.model.finetune import (
+    AdapterMixin,
+    FFADDMixin,
+    LoRAMixin,
+    LoraMixin,
+    PrefixTuningMixin,
+    PromptTuningMixin,
+    PTuningV2Mixin,
+)
 
-__all__ = ["BaseMixin", "CachedAutoregressiveMixin"]
+__all__ = [
+    "AdapterMixin",
+    "BaseMixin",
+    "CachedAutoregressiveMixin",
+    "FFADDMixin",
+    "LoRAMixin",
+    "LoraMixin",
+    "PTuningV2Mixin",
+    "PrefixTuningMixin",
+    "PromptTuningMixin",
+]

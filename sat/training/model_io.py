@@ -301,14 +301,31 @@ def _materialize_missing(module: torch.nn.Module, keys: list[str], device: torch
             owner.reset_parameters()
 
 
+def _resolve_key_aliases(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """Rename checkpoint keys that a submodule accepts under another name: a submodule with
+    ``state_dict_key_aliases(prefix) -> {checkpoint key: own key}`` (a LoRA-wrapped layer takes
+    the plain layer's ``weight`` as its ``original.weight``). A key is renamed only when the
+    checkpoint lacks the target."""
+    aliases: dict[str, str] = {}
+    for name, submodule in module.named_modules():
+        if hasattr(submodule, "state_dict_key_aliases"):
+            aliases.update(submodule.state_dict_key_aliases(f"{name}." if name else ""))
+    renames = {key: aliases[key] for key in state if key in aliases and aliases[key] not in state}
+    if not renames:
+        return state
+    return {renames.get(key, key): value for key, value in state.items()}
+
+
 def load_state_dict_into(
     module: torch.nn.Module, state: Mapping[str, torch.Tensor], device: torch.device | str = "cpu"
 ) -> tuple[list[str], list[str]]:
     """Load ``state`` into ``module`` (non-strict) and return ``(missing, unexpected)`` keys.
 
     Shapes are checked first and every mismatch is reported by key. ``meta`` parameters
-    (a ``skip_init`` model) take the checkpoint's tensors; real ones are copied into.
+    (a ``skip_init`` model) take the checkpoint's tensors; real ones are copied into. Keys a
+    module accepts under another name are renamed first (see ``_resolve_key_aliases``).
     """
+    state = _resolve_key_aliases(module, state)
     own = module.state_dict(keep_vars=True)
     mismatched = [
         f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
@@ -330,14 +347,21 @@ def load_state_dict_into(
     return missing, unexpected
 
 
-def _mixin_names(keys: list[str]) -> list[str]:
+def _owning_mixin(module: torch.nn.Module, key: str) -> str | None:
+    """The mixin a parameter belongs to: ``<name>`` in ``mixins.<name>.*``, or the
+    ``mixin_name`` a tensor carries (mixins such as LoRA keep parameters inside the backbone)."""
+    parts = key.split(".")
+    if "mixins" in parts:
+        return parts[parts.index("mixins") + 1]
+    return getattr(_tensor_at(module, key), "mixin_name", None)
+
+
+def _mixin_names(module: torch.nn.Module, keys: list[str]) -> list[str]:
     names = []
     for key in keys:
-        parts = key.split(".")
-        if "mixins" in parts:
-            name = parts[parts.index("mixins") + 1]
-            if name not in names:
-                names.append(name)
+        name = _owning_mixin(module, key)
+        if name is not None and name not in names:
+            names.append(name)
     return names
 
 
@@ -424,7 +448,7 @@ def _handle_missing(module, missing: list[str], mode: str, args, path: str, devi
             )
         print_rank0(f"force_inference: initialising weights missing from {path}: {missing}", level="WARNING")
     elif not getattr(args, "force_train", False):
-        unknown = [key for key in missing if "mixins" not in key and "cross_attention" not in key]
+        unknown = [key for key in missing if _owning_mixin(module, key) is None and "cross_attention" not in key]
         if unknown or mode != "finetune":
             raise CheckpointError(
                 f"{path} lacks weights {unknown or missing}. In --mode finetune only mixin and cross-attention "
@@ -433,4 +457,4 @@ def _handle_missing(module, missing: list[str], mode: str, args, path: str, devi
     meta_missing = [key for key in missing if _tensor_at(module, key).is_meta]
     _materialize_missing(module, meta_missing, device)
     if mode != "inference" and hasattr(module, "reinit"):
-        module.reinit(_mixin_names(missing))
+        module.reinit(_mixin_names(module, missing))
