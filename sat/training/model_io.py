@@ -304,19 +304,14 @@ def _materialize_missing(module: torch.nn.Module, keys: list[str], device: torch
             owner.reset_parameters()
 
 
-def _resolve_key_aliases(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
-    """Rename checkpoint keys that a submodule accepts under another name: a submodule with
-    ``state_dict_key_aliases(prefix) -> {checkpoint key: own key}`` (a LoRA-wrapped layer takes
-    the plain layer's ``weight`` as its ``original.weight``). A key is renamed only when the
-    checkpoint lacks the target."""
-    aliases: dict[str, str] = {}
-    for name, submodule in module.named_modules():
-        if hasattr(submodule, "state_dict_key_aliases"):
-            aliases.update(submodule.state_dict_key_aliases(f"{name}." if name else ""))
-    renames = {key: aliases[key] for key in state if key in aliases and aliases[key] not in state}
-    if not renames:
-        return state
-    return {renames.get(key, key): value for key, value in state.items()}
+def _apply_load_pre_hooks(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` after the ``load_state_dict`` pre-hooks of ``module`` and its submodules
+    ran on it (a model renaming keys of older checkpoints), as ``load_state_dict`` runs them."""
+    state = dict(state)
+    for prefix, submodule in module.named_modules():
+        for hook in submodule._load_state_dict_pre_hooks.values():
+            hook(state, f"{prefix}." if prefix else "", {}, False, [], [], [])
+    return state
 
 
 def load_state_dict_into(
@@ -324,11 +319,12 @@ def load_state_dict_into(
 ) -> tuple[list[str], list[str]]:
     """Load ``state`` into ``module`` (non-strict) and return ``(missing, unexpected)`` keys.
 
-    Shapes are checked first and every mismatch is reported by key. ``meta`` parameters
-    (a ``skip_init`` model) take the checkpoint's tensors; real ones are copied into. Keys a
-    module accepts under another name are renamed first (see ``_resolve_key_aliases``).
+    The module's ``load_state_dict`` pre-hooks apply first, on the meta path too (the copy path
+    runs them again through ``load_state_dict``, so they must be idempotent, as renames are).
+    Shapes are checked and every mismatch is reported by key. ``meta`` parameters (a
+    ``skip_init`` model) take the checkpoint's tensors; real ones are copied into.
     """
-    state = _resolve_key_aliases(module, state)
+    state = _apply_load_pre_hooks(module, state)
     own = module.state_dict(keep_vars=True)
     mismatched = [
         f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
@@ -445,6 +441,9 @@ def _read_for_this_rank(path: str, module: torch.nn.Module, prefix: str) -> tupl
     if prefix and not states[0]:
         raise CheckpointError(f"no key of {path} starts with prefix {prefix!r}")
     if saved != current:
+        # Renamed first (a LoRA-wrapped layer takes a plain layer's weight): resharding finds
+        # each parameter's layout under the model's own names.
+        states = [_apply_load_pre_hooks(module, state) for state in states]
         states = [reshard_state(states, partition_specs(module), current, mpu.get_model_parallel_rank())]
     return sources[0], states[0]
 

@@ -25,16 +25,16 @@ from sat.mpu import (
     reduce_from_model_parallel_region,
     scatter_to_model_parallel_region,
 )
-from sat.mpu.partition import block_sizes
+from sat.mpu.partition import block_sizes, mark_partitioned, mark_replicated
 from sat.ops.linear import linear
 
 
-def _mark(param: torch.nn.Parameter, split: bool, mixin_name: str) -> torch.nn.Parameter:
-    # model_parallel: this rank holds a shard (the training code and resharding read it);
-    # mixin_name: a checkpoint may lack it, and then that mixin re-initialises it.
-    param.model_parallel = param.tensor_model_parallel = split
-    param.mixin_name = mixin_name
-    return param
+def _load_plain_layer(module, state_dict: dict, prefix: str, *args) -> None:
+    # load_state_dict pre-hook: a checkpoint of the unwrapped layer loads into ``original``
+    # (a base model's checkpoint into a LoRA model). Idempotent, as sat.training.model_io needs.
+    for name in ("weight", "bias"):
+        if prefix + name in state_dict and prefix + "original." + name not in state_dict:
+            state_dict[prefix + "original." + name] = state_dict.pop(prefix + name)
 
 
 class LoraLinear(torch.nn.Module):
@@ -72,13 +72,19 @@ class LoraLinear(torch.nn.Module):
         out_blocks = block_sizes(out_features, original.stride) if self.column else [out_features]
         factory = dict(dtype=weight.dtype, device=weight.device)
         self.matrix_A = torch.nn.ParameterList(
-            _mark(torch.nn.Parameter(torch.empty(r, in_features, **factory)), not self.column, mixin_name)
-            for _ in out_blocks
+            torch.nn.Parameter(torch.empty(r, in_features, **factory)) for _ in out_blocks
         )
         self.matrix_B = torch.nn.ParameterList(
-            _mark(torch.nn.Parameter(torch.empty(size, r, **factory)), self.column, mixin_name) for size in out_blocks
+            torch.nn.Parameter(torch.empty(size, r, **factory)) for size in out_blocks
         )
+        for a, b in zip(self.matrix_A, self.matrix_B):
+            # Column: B split like the weight's rows, A replicated; row: the other way round.
+            split, replicated, dim = (b, a, 0) if self.column else (a, b, 1)
+            mark_partitioned(split, dim=dim)
+            mark_replicated(replicated)
+            a.mixin_name = b.mixin_name = mixin_name  # a checkpoint without them re-initialises this mixin
         self.reset_lora_parameters()
+        self.register_load_state_dict_pre_hook(_load_plain_layer)
 
     @torch.no_grad()
     def reset_lora_parameters(self) -> None:
@@ -92,10 +98,6 @@ class LoraLinear(torch.nn.Module):
                 torch.nn.init.kaiming_uniform_(full, a=math.sqrt(5))
                 a.copy_(full.chunk(world_size, dim=1)[get_model_parallel_rank()])
             b.zero_()
-
-    def state_dict_key_aliases(self, prefix: str) -> dict[str, str]:
-        """A checkpoint of the plain layer loads into ``original`` (see ``sat.training.model_io``)."""
-        return {f"{prefix}{name}": f"{prefix}original.{name}" for name in ("weight", "bias")}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         output = self.original(x)

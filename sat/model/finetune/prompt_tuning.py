@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 
 from sat.model.base_model import BaseMixin
+from sat.mpu import get_model_parallel_rank, get_model_parallel_world_size
+from sat.mpu.partition import mark_partitioned
 from sat.ops.attention import CAUSAL, FULL, attention_mask_kind, causal_attention_mask, expand_kv_heads
 from sat.transformer_defaults import attention_fn_default
 
@@ -15,7 +17,8 @@ class PrefixTuningMixin(BaseMixin):
     query of the layer's self-attention may attend to.
 
     ``prefix[layer_id]`` is ``[2, num_attention_heads, prefix_len, hn]`` (keys, values), the
-    original library's parameter. With grouped-query attention (``nkv`` key/value heads for
+    original library's parameter (``num_attention_heads / mp`` on each of ``mp`` model-parallel
+    ranks). With grouped-query attention (``nkv`` key/value heads for
     ``np`` query heads) ``num_attention_heads`` may be either:
 
     - ``nkv``: the prefix is one more block of keys/values shared by each group of query heads,
@@ -32,8 +35,12 @@ class PrefixTuningMixin(BaseMixin):
 
     def __init__(self, num_layers: int, hidden_size_per_attention_head: int, num_attention_heads: int, prefix_len: int):
         super().__init__()
+        # With model parallelism each rank keeps the prefix of its own heads (split like the
+        # attention heads), drawn from the full prefix: the same model at any model-parallel size.
+        world_size, rank = get_model_parallel_world_size(), get_model_parallel_rank()
+        shape = (2, num_attention_heads, prefix_len, hidden_size_per_attention_head)
         self.prefix = torch.nn.ParameterList(
-            torch.nn.Parameter(torch.randn(2, num_attention_heads, prefix_len, hidden_size_per_attention_head) * 0.01)
+            mark_partitioned(torch.nn.Parameter((torch.randn(shape) * 0.01).chunk(world_size, dim=1)[rank]), dim=1)
             for _ in range(num_layers)
         )
         self.prefix_len = prefix_len
@@ -49,8 +56,8 @@ class PrefixTuningMixin(BaseMixin):
         if heads != k.shape[1]:
             if heads != q.shape[1]:
                 raise ValueError(
-                    f"PrefixTuningMixin has {heads} heads per layer, but layer {kw_args['layer_id']} has "
-                    f"{q.shape[1]} query and {k.shape[1]} key/value heads; use one of those"
+                    f"PrefixTuningMixin has {heads} heads per layer (per model-parallel rank), but layer "
+                    f"{kw_args['layer_id']} has {q.shape[1]} query and {k.shape[1]} key/value heads; use one of those"
                 )
             k, v = expand_kv_heads(k, heads), expand_kv_heads(v, heads)
         batch, _, key_length, head_size = k.shape
