@@ -12,7 +12,7 @@ from distributed import run_workers
 
 from sat import mpu
 from sat.model import AutoModel, BaseModel
-from sat.model.official import GPT2Model
+from sat.model.official import BertModel, GPT2Model, LLaMAModel
 from sat.mpu.partition import merge_strided, partition_spec, split_strided
 from sat.mpu.reshard import main as reshard_main
 from sat.training.model_io import save_checkpoint
@@ -116,8 +116,13 @@ def _tiny(model_cls, **overrides):
 
 @pytest.mark.parametrize(
     "model_cls, overrides",
-    [(GPT2Model, {}), (BaseModel, dict(num_multi_query_heads=2, is_rotary_emb=True, is_gated_mlp=True))],
-    ids=["gpt2", "gqa-rotary-gated"],
+    [
+        (GPT2Model, {}),
+        (BaseModel, dict(num_multi_query_heads=2, is_rotary_emb=True, is_gated_mlp=True)),
+        (LLaMAModel, dict(num_multi_query_heads=2, use_bias=False)),
+        (BertModel, dict(layernorm_order="post")),  # a replicated dense + norm before the vocabulary
+    ],
+    ids=["gpt2", "gqa-rotary-gated", "llama-gqa", "bert"],
 )
 def test_mp2_logits_and_gradients_equal_mp1(tmp_path, model_cls, overrides):
     model, args = _tiny(model_cls, **overrides)

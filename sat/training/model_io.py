@@ -195,6 +195,10 @@ def save_model_config(args, model: torch.nn.Module, save_dir: str) -> None:
     """Write ``<save_dir>/model_config.json`` (rank 0 only)."""
     if _rank() == 0:
         config = extract_model_specific_args_to_dump(args, model)
+        if "tokenizer_type" in config:
+            from sat.tokenization import portable_tokenizer_type
+
+            config["tokenizer_type"] = portable_tokenizer_type(config["tokenizer_type"], save_dir)
         atomic_write_text(os.path.join(save_dir, "model_config.json"), json.dumps(config, indent=4))
 
 
