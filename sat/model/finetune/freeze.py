@@ -18,15 +18,12 @@ def freeze_all_but(model: torch.nn.Module, patterns: Iterable[str]) -> list[str]
             freeze_all_but(self, ["matrix_A", "matrix_B", r"mixins\\.head\\."])
     """
     compiled = [re.compile(pattern) for pattern in patterns]
-    trainable = []
-    for name, param in model.named_parameters():
-        keep = any(pattern.search(name) for pattern in compiled)
-        param.requires_grad_(keep)
-        if keep:
-            trainable.append(name)
-    if not trainable:
+    keep = {name: any(pattern.search(name) for pattern in compiled) for name, _ in model.named_parameters()}
+    if not any(keep.values()):
         raise ValueError(f"no parameter name matches {[p.pattern for p in compiled]}; nothing would train")
-    return trainable
+    for name, param in model.named_parameters():
+        param.requires_grad_(keep[name])
+    return [name for name, kept in keep.items() if kept]
 
 
 @dataclass(frozen=True)
