@@ -6,14 +6,13 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from distributed import run_workers
+from distributed import gathered_grads, run_workers
 
 from sat import mpu
 from sat.model import AutoModel, BaseModel
 from sat.model.official import BertModel, GPT2Model, LLaMAModel
-from sat.mpu.partition import merge_strided, partition_spec, split_strided
+from sat.mpu.partition import split_strided
 from sat.mpu.reshard import main as reshard_main
 from sat.training.model_io import save_checkpoint
 
@@ -77,26 +76,12 @@ def test_parallel_layers_equal_full_layers():
             assert value < 1e-6, (name, value)
 
 
-def _gathered_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    grads = {}
-    world = mpu.get_model_parallel_world_size()
-    for name, param in model.named_parameters():
-        spec = partition_spec(param)
-        if spec is None:
-            grads[name] = param.grad
-            continue
-        parts = [torch.empty_like(param.grad) for _ in range(world)]
-        dist.all_gather(parts, param.grad.contiguous(), group=mpu.get_model_parallel_group())
-        grads[name] = merge_strided(parts, spec[1], spec[0])
-    return grads
-
-
 def _model_worker(rank: int, world: int, folder: str) -> dict:
     model, args = AutoModel.from_pretrained(folder, overwrite_args={"model_parallel_size": world})
     assert mpu.get_model_parallel_world_size() == world and args.model_parallel_size == world
     logits = model(IDS, POSITIONS, -1)[0]
     logits.square().mean().backward()
-    return {"logits": logits.detach(), "grads": _gathered_grads(model)}
+    return {"logits": logits.detach(), "grads": gathered_grads(model)}
 
 
 def _tiny(model_cls, **overrides):

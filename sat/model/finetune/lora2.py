@@ -103,7 +103,9 @@ class LoraLinear(torch.nn.Module):
         output = self.original(x)
         x = self.lora_dropout(x)
         if self.column:
-            low = linear(copy_to_model_parallel_region(x), torch.cat(tuple(self.matrix_A)))  # [..., blocks * r]
+            # A is replicated but each rank's B uses it: the backward all-reduce goes on A x (not
+            # on x), so A's gradient sums every rank's part and x's gradient is the full one.
+            low = copy_to_model_parallel_region(linear(x, torch.cat(tuple(self.matrix_A))))  # [..., blocks * r]
             delta = torch.cat(
                 [linear(part, b) for part, b in zip(low.chunk(len(self.matrix_B), dim=-1), self.matrix_B)], dim=-1
             )  # [..., out / mp], laid out like the layer's shard
