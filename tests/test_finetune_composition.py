@@ -143,3 +143,19 @@ def test_conflicting_final_forwards_name_both_mixins():
         model.add_mixin("second-head", MLPHeadMixin(32, 3))
     assert list(model.mixins) == ["bert-type", "head"]
     assert inputs(model) is IDS
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_prefix_with_a_mask_tensor_equals_the_tagged_masks(family):
+    model = finetuned(family, ("prefix",))
+    positions = torch.arange(12).expand_as(IDS)
+    ones = torch.ones(2, 1, 12, 12)
+    explicit = ones.tril() if family == "gpt2" else ones  # untagged: the eager path with the prefix's ones in front
+    with torch.no_grad():
+        expected = logits(model, family)
+        got = model(IDS, positions, explicit)[0]
+        assert (got - expected).abs().max() <= 1e-5
+        padded = explicit.clone()
+        padded[1, ..., :3] = 0  # row 1 starts with 3 padding tokens: its real tokens ignore them
+        out = model(IDS, positions, padded)[0]
+        assert torch.equal(out[0], got[0]) and not torch.allclose(out[1, 3:], got[1, 3:])
