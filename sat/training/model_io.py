@@ -179,11 +179,12 @@ def extract_model_specific_args_to_dump(args, model: torch.nn.Module) -> dict:
             value = mpu.get_model_parallel_world_size()
         if value is not None:
             to_dump[name] = value
-    if transformer is not None:
-        for name, default in _OPTIONAL_ARCH_ARGS:
-            value = getattr(transformer, name, default)
-            if value != default:
-                to_dump[name] = value
+    # A model without a backbone of its own (EncoderDecoderModel) is built from args alone.
+    source = transformer if transformer is not None else args
+    for name, default in _OPTIONAL_ARCH_ARGS:
+        value = getattr(source, name, default)
+        if value != default:
+            to_dump[name] = value
     to_dump.update(extract_model_specific_args_from_model(args, module))
     return {key: value for key, value in to_dump.items() if _json_safe(key, value)}
 
@@ -301,14 +302,27 @@ def _materialize_missing(module: torch.nn.Module, keys: list[str], device: torch
             owner.reset_parameters()
 
 
+def _apply_load_pre_hooks(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` after the ``load_state_dict`` pre-hooks of ``module`` and its submodules
+    ran on it (a model renaming keys of older checkpoints), as ``load_state_dict`` runs them."""
+    state = dict(state)
+    for prefix, submodule in module.named_modules():
+        for hook in submodule._load_state_dict_pre_hooks.values():
+            hook(state, f"{prefix}." if prefix else "", {}, False, [], [], [])
+    return state
+
+
 def load_state_dict_into(
     module: torch.nn.Module, state: Mapping[str, torch.Tensor], device: torch.device | str = "cpu"
 ) -> tuple[list[str], list[str]]:
     """Load ``state`` into ``module`` (non-strict) and return ``(missing, unexpected)`` keys.
 
-    Shapes are checked first and every mismatch is reported by key. ``meta`` parameters
-    (a ``skip_init`` model) take the checkpoint's tensors; real ones are copied into.
+    The module's ``load_state_dict`` pre-hooks apply first, on the meta path too (the copy path
+    runs them again through ``load_state_dict``, so they must be idempotent, as renames are).
+    Shapes are checked and every mismatch is reported by key. ``meta`` parameters (a
+    ``skip_init`` model) take the checkpoint's tensors; real ones are copied into.
     """
+    state = _apply_load_pre_hooks(module, state)
     own = module.state_dict(keep_vars=True)
     mismatched = [
         f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
