@@ -15,6 +15,7 @@ _LAZY = {
     "BaseModel": "sat.model",
     "BaseMixin": "sat.model",
     "get_args": "sat.arguments",
+    "get_tokenizer": "sat.tokenization",
     "update_args_with_file": "sat.arguments",
 }
 

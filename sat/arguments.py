@@ -318,7 +318,8 @@ def _configure_deepspeed(args) -> None:
 
 def update_args_with_file(args, path: str):
     """Set every key of the JSON file ``path`` on ``args`` (file values win). Keys ending in
-    ``_path`` are taken relative to the file's folder."""
+    ``_path`` are taken relative to the file's folder, and so is a ``tokenizer_type`` naming
+    something inside it (a checkpoint that ships its tokenizer)."""
     try:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
@@ -332,6 +333,10 @@ def update_args_with_file(args, path: str):
     for key, value in config.items():
         if key.endswith("_path") and isinstance(value, str):
             config[key] = os.path.join(folder, value)
+    if isinstance(config.get("tokenizer_type"), str):
+        from sat.tokenization import resolve_tokenizer_type
+
+        config["tokenizer_type"] = resolve_tokenizer_type(config["tokenizer_type"], folder)
     merged = {**vars(args), **config}
     return argparse.Namespace(**merged)
 

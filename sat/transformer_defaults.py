@@ -20,7 +20,7 @@ from functools import partial
 
 import torch
 
-from sat.mpu import gather_from_model_parallel_region
+from sat.mpu import vocab_parallel_logits
 from sat.mpu.utils import split_tensor_along_last_dim
 from sat.ops.attention import (
     attention_mask_kind,
@@ -29,7 +29,6 @@ from sat.ops.attention import (
     standard_attention,
 )
 from sat.ops.layernorm import LayerNorm, RMSNorm
-from sat.ops.linear import linear
 
 __all__ = [
     "ARGS_DEFAULT",
@@ -208,10 +207,7 @@ def position_embedding_forward_default(
 def final_forward_default(self, logits: torch.Tensor, **kw_args) -> torch.Tensor:
     """Output head on the final hidden states ``[b, s, h]`` -> ``[b, s, vocab]``: the tied word
     embedding. Gathers the model-parallel vocabulary shards unless ``parallel_output``."""
-    logits = linear(logits, self.transformer.word_embeddings.weight)  # [b, s, vocab / mp]
-    if not kw_args["parallel_output"]:
-        logits = gather_from_model_parallel_region(logits)
-    return logits
+    return vocab_parallel_logits(logits, self.transformer.word_embeddings.weight, kw_args["parallel_output"])
 
 
 def _drop_path(x: torch.Tensor, p: float) -> torch.Tensor:

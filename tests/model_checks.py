@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 
+import pytest
 import torch
 
-from sat.hf import from_hf, save_hf, to_hf
+from sat.hf import MappingError, from_hf, hf_to_sat_state_dict, save_hf, to_hf
 from sat.model import AutoModel
 from sat.training.model_io import save_checkpoint
 
@@ -39,6 +41,25 @@ def check_hf_round_trip(hf_model, sat_forward: Forward, hf_forward: Forward, tmp
     return difference
 
 
+def check_left_padded_batch(hf_model, input_ids: torch.Tensor, pad: int = 4, atol: float = 1e-5) -> float:
+    """The sat model of causal LM ``hf_model`` on a batch whose second row starts with ``pad``
+    padding tokens (positions counted from the first real token) agrees with transformers on
+    every real token. Returns the max abs difference."""
+    hf_model.eval()
+    model, _ = from_hf(hf_model)
+    batch, seq = input_ids.shape
+    attention = torch.ones(batch, seq, dtype=torch.long)
+    attention[1, :pad] = 0  # left padding
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    mask = torch.ones(seq, seq).tril() * attention[:, None, None, :]  # [b, 1, s, s]
+    with torch.no_grad():
+        expected = hf_model(input_ids, attention_mask=attention, position_ids=positions).logits
+        got = model(input_ids, positions, mask)[0]
+    difference = (got - expected)[attention.bool()].abs().max().item()
+    assert difference <= atol, difference
+    return difference
+
+
 def check_sat_model(model: torch.nn.Module, args, forward: Forward, tmp_path) -> None:
     """Forward and backward run with finite gradients on every parameter, eval mode is
     deterministic, and save -> AutoModel.from_pretrained reproduces the outputs exactly."""
@@ -61,3 +82,15 @@ def check_sat_model(model: torch.nn.Module, args, forward: Forward, tmp_path) ->
     assert type(loaded) is type(model)
     with torch.no_grad():
         assert torch.equal(forward(loaded), first)
+
+
+def check_unmatched_keys(hf_model, extra_key: str, missing_key: str) -> None:
+    """The production map rejects an HF state dict with an unknown key, and one lacking a key,
+    naming the key."""
+    state = hf_model.state_dict()
+    state[extra_key] = torch.zeros(1)
+    with pytest.raises(MappingError, match=rf"no sat counterpart: \['{re.escape(extra_key)}'\]"):
+        hf_to_sat_state_dict(state, hf_model.config)
+    del state[extra_key], state[missing_key]
+    with pytest.raises(MappingError, match=rf"lacks \['{re.escape(missing_key)}'\]"):
+        hf_to_sat_state_dict(state, hf_model.config)

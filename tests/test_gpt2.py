@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_checks import check_hf_round_trip, check_sat_model
+from model_checks import check_hf_round_trip, check_left_padded_batch, check_sat_model, check_unmatched_keys
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers import GPT2Model as HFGPT2Model
 
-from sat.hf import MappingError, from_hf, hf_to_sat_state_dict
+from sat.hf import from_hf
 from sat.model import AutoModel
 from sat.model.official import GPT2Model
 
@@ -31,16 +31,7 @@ def test_parity_with_transformers(tmp_path, overrides):
 
 
 def test_padded_batch_matches_transformers():
-    hf = GPT2LMHeadModel(hf_config()).eval()
-    model, _ = from_hf(hf)
-    attention = torch.ones(2, 12, dtype=torch.long)
-    attention[1, :4] = 0  # left padding
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    mask = torch.ones(12, 12).tril() * attention[:, None, None, :]  # [b, 1, s, s]
-    with torch.no_grad():
-        expected = hf(IDS, attention_mask=attention, position_ids=positions).logits
-        got = model(IDS, positions, mask)[0]
-    assert (got - expected)[attention.bool()].abs().max() < 1e-5
+    check_left_padded_batch(GPT2LMHeadModel(hf_config()), IDS)
 
 
 def test_headless_source_and_directory(tmp_path):
@@ -72,12 +63,6 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
 def test_unsupported_configs_and_unmatched_keys():
     with pytest.raises(ValueError, match="activation 'relu' is not supported"):
         from_hf(GPT2LMHeadModel(hf_config(activation_function="relu")))
-    hf = GPT2LMHeadModel(hf_config())
-    state = hf.state_dict()
-    state["transformer.h.0.attn.extra.weight"] = torch.zeros(1)
-    with pytest.raises(MappingError, match=r"no sat counterpart: \['transformer.h.0.attn.extra.weight'\]"):
-        hf_to_sat_state_dict(state, hf.config)
-    del state["transformer.h.0.attn.extra.weight"]
-    del state["transformer.h.1.mlp.c_fc.bias"]
-    with pytest.raises(MappingError, match=r"lacks \['transformer.h.1.mlp.c_fc.bias'\]"):
-        hf_to_sat_state_dict(state, hf.config)
+    check_unmatched_keys(
+        GPT2LMHeadModel(hf_config()), "transformer.h.0.attn.extra.weight", "transformer.h.1.mlp.c_fc.bias"
+    )

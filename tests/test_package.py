@@ -54,7 +54,7 @@ def test_public_names():
     import sat.model
     import sat.transformer_defaults as defaults
 
-    assert {"AutoModel", "get_args", "update_args_with_file"} <= set(dir(sat))
+    assert {"AutoModel", "get_args", "get_tokenizer", "update_args_with_file"} <= set(dir(sat))
     assert sat.AutoModel is sat.model.AutoModel
     assert {"HOOKS_DEFAULT", "ARGS_DEFAULT", "standard_attention"} <= set(dir(defaults))
     from sat.helpers import print_all, print_rank0  # noqa: F401

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 from collections.abc import Mapping
@@ -63,7 +64,14 @@ def _read_source(source) -> tuple[object, dict[str, torch.Tensor]]:
             raise FileNotFoundError(f"{path} is not a directory holding a transformers model")
         return AutoConfig.from_pretrained(path, local_files_only=True), read_hf_weights(path)
     if hasattr(source, "config") and hasattr(source, "state_dict"):
-        return source.config, source.state_dict()
+        config = source.config
+        if getattr(config, "architectures", None) != [type(source).__name__]:
+            # The object's class is what its weights are (a BertModel loaded from a
+            # BertForMaskedLM directory keeps that name in its config): record it as
+            # save_pretrained would, so a family can tell a headless model from one with a head.
+            config = copy.deepcopy(config)
+            config.architectures = [type(source).__name__]
+        return config, source.state_dict()
     raise TypeError(f"from_hf expects a directory or a transformers model, got {type(source).__name__}")
 
 
@@ -111,12 +119,14 @@ def from_hf(source, **overrides) -> tuple[torch.nn.Module, argparse.Namespace]:
     args = _sat_args(family, config)
     for key, value in overrides.items():
         setattr(args, key, value)
-    sat_state = family.state_map(args).hf_to_sat(family.prepare_hf_state(dict(hf_state), config), family.context(args))
+    state_map = family.state_map(args)
+    sat_state = state_map.hf_to_sat(family.prepare_hf_state(dict(hf_state), config), family.context(args))
     args.skip_init = True  # weights come from the source: build on meta, no random init
     model = get_model(args, model_registry.get(family.sat_class))
     args.skip_init = False
     device = torch.device("cuda", args.device) if isinstance(args.device, int) else torch.device(args.device)
     missing, unexpected = load_state_dict_into(model, sat_state, device)
+    missing = [key for key in missing if key not in state_map.sat_only]
     if missing or unexpected:
         raise MappingError(f"{family.name}: the translated state dict misses {missing} and has extra {unexpected}")
     return model.eval(), args
@@ -128,7 +138,7 @@ def to_hf(model: torch.nn.Module):
 
     family = family_for_sat_model(model)
     config = family.model_to_config(model)
-    hf_class = getattr(transformers, family.hf_class)
+    hf_class = getattr(transformers, family.hf_class_name(_sat_args(family, config)))
     hf_state = sat_to_hf_state_dict(model, config)
     with torch.device("meta"):
         expected = hf_class(config).state_dict()

@@ -20,8 +20,11 @@ class Family:
         name: short name (``"gpt2"``).
         model_types: the HF ``config.model_type`` values it handles; dispatch is by these only.
         sat_class: the registered sat model class built from HF weights.
-        hf_class: the ``transformers`` class ``to_hf`` builds.
-        table: the declarative state-dict map (see ``sat.hf.mapping``).
+        hf_class: the ``transformers`` class ``to_hf`` builds, or a function of the sat
+            arguments naming it (a family with a headless variant).
+        table: the declarative state-dict map (see ``sat.hf.mapping``), or a function of the
+            sat arguments returning it (rows that depend on the configuration: a head that may
+            be absent, a name that moves with the layer count).
         config_to_args: HF config -> dict of sat arguments (architecture and model arguments).
         model_to_config: sat model -> HF config object.
         context: sat model arguments -> sizes the map's transforms need.
@@ -34,8 +37,8 @@ class Family:
     name: str
     model_types: tuple[str, ...]
     sat_class: str
-    hf_class: str
-    table: Sequence[tuple]
+    hf_class: str | Callable[[object], str]
+    table: Sequence[tuple] | Callable[[object], Sequence[tuple]]
     config_to_args: Callable[[object], dict]
     model_to_config: Callable[[torch.nn.Module], object]
     context: Callable[[object], dict] = lambda args: {}
@@ -44,7 +47,12 @@ class Family:
     ignore_hf: tuple[str, ...] = field(default=())
 
     def state_map(self, args) -> StateDictMap:
-        return StateDictMap.build(self.table, self.num_layers(args), self.ignore_hf)
+        table = self.table(args) if callable(self.table) else self.table
+        return StateDictMap.build(table, self.num_layers(args), self.ignore_hf)
+
+    def hf_class_name(self, args) -> str:
+        """The ``transformers`` class for a sat model with arguments ``args``."""
+        return self.hf_class(args) if callable(self.hf_class) else self.hf_class
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -96,6 +96,11 @@ class StateDictMap:
                 )
         return cls(entries, tuple(ignore_hf))
 
+    @property
+    def sat_only(self) -> set[str]:
+        """sat keys the map declares without an HF counterpart: the model keeps them as built."""
+        return {entry.sat for entry in self.entries if entry.hf is None and entry.sat is not None}
+
     def _ignored(self, key: str) -> bool:
         return any(re.fullmatch(pattern, key) for pattern in self.ignore_hf)
 

@@ -1,4 +1,5 @@
-"""Models: the backbone, mixins, the registry and ``AutoModel``."""
+"""Models: the backbone, mixins, the registry and ``AutoModel``; the zoo's classes
+(``sat.model.official``) are importable from here too, loaded on first use."""
 
 from sat.model.base_model import AutoModel, BaseMixin, BaseModel, get_model, non_conflict, replacable
 from sat.model.registry import model_registry
@@ -14,3 +15,12 @@ __all__ = [
     "non_conflict",
     "replacable",
 ]
+
+
+def __getattr__(name: str):
+    import importlib
+
+    official = importlib.import_module("sat.model.official")
+    if name in official.__all__:
+        return getattr(official, name)
+    raise AttributeError(f"module 'sat.model' has no attribute {name!r}")

@@ -54,6 +54,8 @@ def load_pretrained(
     if model_cls is None:
         if not hasattr(args, "model_class"):
             raise CheckpointError(f"{config_path} has no 'model_class'; AutoModel cannot tell which class to build")
+        import sat.model.official  # noqa: F401  (registers the zoo's classes)
+
         model_cls = model_registry.get(args.model_class)
     if fill_defaults and hasattr(model_cls, "get_args"):
         for key, value in vars(model_cls.get_args()).items():

@@ -20,7 +20,6 @@ from sat.mpu import (
     RowParallelLinear,
     VocabParallelEmbedding,
     checkpoint,
-    copy_to_model_parallel_region,
     get_model_parallel_world_size,
 )
 from sat.mpu.utils import InitMethod, divide, gelu, scaled_init_method, unscaled_init_method
@@ -660,7 +659,9 @@ class BaseTransformer(torch.nn.Module):
             hidden_states, attention_mask, position_ids, kw_args, output_cross_layer, output_hidden_states
         )
         logits = self.final_layernorm(hidden_states) if self.use_final_layernorm else hidden_states
-        logits = copy_to_model_parallel_region(logits)
+        # No copy into the model-parallel region here: heads with parallel weights enter it
+        # themselves (vocab_parallel_logits, ColumnParallelLinear); a replicated head (a
+        # classifier) must not, or its gradient would be summed over the ranks.
         logits = self._hook("final_forward")(logits, **kw_args, parallel_output=self.parallel_output)
         return [logits, *output_per_layers]
 

@@ -22,7 +22,7 @@ from sat.mpu.initialize import (
     initialize_model_parallel,
     model_parallel_is_initialized,
 )
-from sat.mpu.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+from sat.mpu.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding, vocab_parallel_logits
 from sat.mpu.mappings import (
     copy_to_model_parallel_region,
     gather_from_model_parallel_region,
@@ -69,4 +69,5 @@ __all__ = [
     "split_tensor_along_last_dim",
     "unscaled_init_method",
     "vocab_parallel_cross_entropy",
+    "vocab_parallel_logits",
 ]

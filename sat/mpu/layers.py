@@ -28,20 +28,20 @@ from sat.mpu.mappings import (
     reduce_from_model_parallel_region,
     scatter_to_model_parallel_region,
 )
-from sat.mpu.partition import Stride, merge_strided, split_strided
+from sat.mpu.partition import Stride, mark_partitioned, mark_replicated, merge_strided, split_strided
 from sat.mpu.utils import InitMethod, VocabUtility, divide, unscaled_init_method
 from sat.ops.linear import linear
 
 
-def _mark_parallel(param: Parameter, split: bool = True) -> Parameter:
-    # DeepSpeed and the training code read these to tell shards from replicated tensors.
-    param.model_parallel = split
-    param.tensor_model_parallel = split
-    return param
-
-
 def _parameter(shape: tuple[int, ...], dtype: torch.dtype, device, skip_init: bool) -> Parameter:
-    return _mark_parallel(Parameter(torch.empty(shape, dtype=dtype, device="meta" if skip_init else device)))
+    return Parameter(torch.empty(shape, dtype=dtype, device="meta" if skip_init else device))
+
+
+def vocab_parallel_logits(hidden: torch.Tensor, weight: torch.Tensor, parallel_output: bool) -> torch.Tensor:
+    """Project ``hidden [..., h]`` onto a vocabulary whose rows ``weight [vocab / mp, h]`` are
+    split across model-parallel ranks; the full ``[..., vocab]`` unless ``parallel_output``."""
+    logits = linear(copy_to_model_parallel_region(hidden), weight)  # [..., vocab / mp]
+    return logits if parallel_output else gather_from_model_parallel_region(logits)
 
 
 class _ParallelLayer(torch.nn.Module):
@@ -114,11 +114,17 @@ class ColumnParallelLinear(_ParallelLayer):
         self.output_size_per_partition = divide(output_size, get_model_parallel_world_size())
         self.weight = _parameter((self.output_size_per_partition, input_size), params_dtype, device, skip_init)
         self.bias = _parameter((self.output_size_per_partition,), params_dtype, device, skip_init) if bias else None
+        self._mark()
         self._set_init(init_method, module, name)
         if not skip_init:
             self.reset_parameters()
             if keep_master_weight_for_test:
                 self.master_weight = self.weight.detach().clone()
+
+    def _mark(self) -> None:
+        mark_partitioned(self.weight, 0, self.stride)
+        if self.bias is not None:
+            mark_partitioned(self.bias, 0, self.stride)
 
     def forward(self, input_: torch.Tensor) -> torch.Tensor:
         output = linear(copy_to_model_parallel_region(input_), self.weight, self.bias)  # [..., out / mp]
@@ -145,9 +151,10 @@ class ColumnParallelLinear(_ParallelLayer):
         weights, biases = self.partition()
         rank = get_model_parallel_rank()
         self.output_size_per_partition = weights[rank].shape[0]
-        self.weight = _mark_parallel(Parameter(weights[rank]))
+        self.weight = Parameter(weights[rank])
         if self.bias is not None:
-            self.bias = _mark_parallel(Parameter(biases[rank]))
+            self.bias = Parameter(biases[rank])
+        self._mark()
 
 
 class RowParallelLinear(_ParallelLayer):
@@ -187,13 +194,17 @@ class RowParallelLinear(_ParallelLayer):
         self.input_size_per_partition = divide(input_size, get_model_parallel_world_size())
         self.weight = _parameter((output_size, self.input_size_per_partition), params_dtype, device, skip_init)
         self.bias = _parameter((output_size,), params_dtype, device, skip_init) if bias else None
-        if self.bias is not None:
-            _mark_parallel(self.bias, split=False)  # the bias is replicated, not split
+        self._mark()
         self._set_init(init_method, module, name)
         if not skip_init:
             self.reset_parameters()
             if keep_master_weight_for_test:
                 self.master_weight = self.weight.detach().clone()
+
+    def _mark(self) -> None:
+        mark_partitioned(self.weight, 1)
+        if self.bias is not None:
+            mark_replicated(self.bias)  # added once, after the partial products are summed
 
     def forward(self, input_: torch.Tensor) -> torch.Tensor:
         world_size = get_model_parallel_world_size()
@@ -223,8 +234,9 @@ class RowParallelLinear(_ParallelLayer):
     def repartition(self) -> None:
         """Turn this full-size layer into the current rank's shard."""
         weights, _ = self.partition()
-        self.weight = _mark_parallel(Parameter(weights[get_model_parallel_rank()]))
+        self.weight = Parameter(weights[get_model_parallel_rank()])
         self.input_size_per_partition = self.weight.shape[1]
+        self._mark()
 
 
 class VocabParallelEmbedding(_ParallelLayer):
@@ -248,7 +260,9 @@ class VocabParallelEmbedding(_ParallelLayer):
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self._set_vocab_range()
-        self.weight = _parameter((self.num_embeddings_per_partition, embedding_dim), params_dtype, device, skip_init)
+        self.weight = mark_partitioned(
+            _parameter((self.num_embeddings_per_partition, embedding_dim), params_dtype, device, skip_init), 0
+        )
         self._set_init(init_method, None, None)
         if not skip_init:
             self.reset_parameters()
@@ -283,4 +297,4 @@ class VocabParallelEmbedding(_ParallelLayer):
         """Turn this full-size embedding into the current rank's shard."""
         weights, _ = self.partition()
         self._set_vocab_range()
-        self.weight = _mark_parallel(Parameter(weights[get_model_parallel_rank()]))
+        self.weight = mark_partitioned(Parameter(weights[get_model_parallel_rank()]), 0)

@@ -42,3 +42,27 @@ def merge_strided(shards: Sequence[torch.Tensor], stride: Stride = 1, dim: int =
     per_shard = [torch.split(shard, _block_sizes(shard.size(dim), stride), dim=dim) for shard in shards]
     num_blocks = len(per_shard[0])
     return torch.cat([torch.cat([blocks[b] for blocks in per_shard], dim=dim) for b in range(num_blocks)], dim=dim)
+
+
+def mark_partitioned(param: torch.nn.Parameter, dim: int, stride: Stride = 1) -> torch.nn.Parameter:
+    """Record that ``param`` is this rank's shard along ``dim`` (with ``stride`` blocks); used by
+    resharding, DeepSpeed and the training code. Mixins with parallel parameters call this."""
+    param.model_parallel = True
+    param.tensor_model_parallel = True
+    param.partition_dim = dim
+    param.partition_stride = stride
+    return param
+
+
+def mark_replicated(param: torch.nn.Parameter) -> torch.nn.Parameter:
+    """Record that every model-parallel rank holds all of ``param``."""
+    param.model_parallel = False
+    param.tensor_model_parallel = False
+    return param
+
+
+def partition_spec(param: torch.Tensor) -> tuple[int, Stride] | None:
+    """``(dim, stride)`` of a partitioned parameter, ``None`` for a replicated one."""
+    if getattr(param, "tensor_model_parallel", False):
+        return param.partition_dim, param.partition_stride
+    return None

@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from sat import mpu
 from sat.helpers import print_all, print_rank0
+from sat.mpu.reshard import partition_specs, reshard_state, saved_model_parallel_size, shard_path
 
 # Always written to model_config.json, in the original's order.
 _ARCH_ARGS = (
@@ -114,7 +115,9 @@ def _atomic_write(path: str, write) -> None:
             os.remove(tmp)
 
 
-def _write_text(path: str, text: str) -> None:
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never half."""
+
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -193,7 +196,11 @@ def save_model_config(args, model: torch.nn.Module, save_dir: str) -> None:
     """Write ``<save_dir>/model_config.json`` (rank 0 only)."""
     if _rank() == 0:
         config = extract_model_specific_args_to_dump(args, model)
-        _write_text(os.path.join(save_dir, "model_config.json"), json.dumps(config, indent=4))
+        if "tokenizer_type" in config:
+            from sat.tokenization import portable_tokenizer_type
+
+            config["tokenizer_type"] = portable_tokenizer_type(config["tokenizer_type"], save_dir)
+        atomic_write_text(os.path.join(save_dir, "model_config.json"), json.dumps(config, indent=4))
 
 
 def save_checkpoint(iteration: int, model: torch.nn.Module, optimizer, lr_scheduler, args) -> None:
@@ -214,7 +221,7 @@ def save_checkpoint(iteration: int, model: torch.nn.Module, optimizer, lr_schedu
     _barrier()
     if _rank() == 0:
         save_model_config(args, module, save_dir)
-        _write_text(get_checkpoint_tracker_filename(save_dir), str(iteration))
+        atomic_write_text(get_checkpoint_tracker_filename(save_dir), str(iteration))
     _barrier()
 
 
@@ -396,12 +403,9 @@ def load_checkpoint(
     path = get_checkpoint_name(load_path, iteration, release)
     if mpu.get_data_parallel_rank() == 0:
         print_all(f"global rank {_rank()} is loading checkpoint {path}")
-    checkpoint = read_checkpoint_file(path)
-    state = {key[len(prefix) :]: value for key, value in checkpoint["module"].items() if key.startswith(prefix)}
-    if prefix and not state:
-        raise CheckpointError(f"no key of {path} starts with prefix {prefix!r}")
-
     module = _unwrap(model)
+    checkpoint, state = _read_for_this_rank(path, module, prefix)
+
     device = _model_device(module, args)
     missing, unexpected = load_state_dict_into(module, state, device)
     if unexpected:
@@ -418,6 +422,29 @@ def load_checkpoint(
     if mpu.get_data_parallel_rank() == 0:
         print_all(f"> successfully loaded {path}")
     return iteration
+
+
+def _read_for_this_rank(path: str, module: torch.nn.Module, prefix: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The checkpoint file of this model-parallel rank and its module state (keys with ``prefix``,
+    stripped); resharded from every saved rank when the checkpoint's model-parallel size differs."""
+    iteration_dir = os.path.dirname(path)
+    saved = saved_model_parallel_size(iteration_dir) if os.path.isdir(iteration_dir) else 1
+    current = mpu.get_model_parallel_world_size()
+    if saved == current:
+        sources = [read_checkpoint_file(path)]
+    else:
+        print_rank0(f"resharding {iteration_dir} from model-parallel size {saved} to {current}")
+        sources = [read_checkpoint_file(shard_path(iteration_dir, rank)) for rank in range(saved)]
+    states = [_strip_prefix(source["module"], prefix) for source in sources]
+    if prefix and not states[0]:
+        raise CheckpointError(f"no key of {path} starts with prefix {prefix!r}")
+    if saved != current:
+        states = [reshard_state(states, partition_specs(module), current, mpu.get_model_parallel_rank())]
+    return sources[0], states[0]
+
+
+def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def _model_device(module: torch.nn.Module, args) -> torch.device:

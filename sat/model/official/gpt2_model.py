@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from sat.model.base_model import BaseMixin, BaseModel
-from sat.mpu import ColumnParallelLinear, gather_from_model_parallel_region
+from sat.mpu import ColumnParallelLinear, vocab_parallel_logits
 from sat.mpu.utils import gelu
-from sat.ops.linear import linear
 
 
 class GPT2FinalMixin(BaseMixin):
@@ -13,15 +12,13 @@ class GPT2FinalMixin(BaseMixin):
 
     def __init__(self, vocab_size: int, hidden_size: int, skip_init: bool = False):
         super().__init__()
-        # Column-parallel so the vocabulary shards with model parallelism; called through
-        # linear() because the backbone already entered the model-parallel region.
+        # Column-parallel so the vocabulary shards with model parallelism.
         self.lm_head = ColumnParallelLinear(
             hidden_size, vocab_size, bias=False, gather_output=False, skip_init=skip_init
         )
 
     def final_forward(self, logits, **kw_args):
-        logits = linear(logits, self.lm_head.weight)  # [b, s, vocab / mp]
-        return logits if kw_args["parallel_output"] else gather_from_model_parallel_region(logits)
+        return vocab_parallel_logits(logits, self.lm_head.weight, kw_args["parallel_output"])
 
 
 class GPT2Model(BaseModel):

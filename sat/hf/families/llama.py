@@ -1,0 +1,135 @@
+"""LLaMA (``LlamaForCausalLM``) <-> ``LLaMAModel``.
+
+Both use the half-split ("rotate_half") rotary layout, so q/k need no permutation; q, k and v
+(GQA: fewer k/v heads) are stacked into ``query_key_value``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sat.hf.family import Family, register_family
+from sat.hf.mapping import concat
+
+_LAYER = "transformer.layers.{}."
+_HF_LAYER = "model.layers.{}."
+
+QKV = concat(lambda ctx: ctx["qkv_sizes"], name="qkv")
+
+TABLE = [
+    ("transformer.word_embeddings.weight", "model.embed_tokens.weight"),
+    ("transformer.position_embeddings.inv_freq", None),  # computed from rotary_base; HF recomputes its own
+    (_LAYER + "input_layernorm.weight", _HF_LAYER + "input_layernorm.weight"),
+    (
+        _LAYER + "attention.query_key_value.weight",
+        tuple(_HF_LAYER + f"self_attn.{name}_proj.weight" for name in "qkv"),
+        QKV,
+    ),
+    (_LAYER + "attention.dense.weight", _HF_LAYER + "self_attn.o_proj.weight"),
+    (_LAYER + "post_attention_layernorm.weight", _HF_LAYER + "post_attention_layernorm.weight"),
+    (_LAYER + "mlp.dense_h_to_4h_gate.weight", _HF_LAYER + "mlp.gate_proj.weight"),
+    (_LAYER + "mlp.dense_h_to_4h.weight", _HF_LAYER + "mlp.up_proj.weight"),
+    (_LAYER + "mlp.dense_4h_to_h.weight", _HF_LAYER + "mlp.down_proj.weight"),
+    ("transformer.final_layernorm.weight", "model.norm.weight"),
+    ("mixins.lm.lm_head.weight", "lm_head.weight"),
+]
+
+
+def _rope_theta(config) -> float:
+    # transformers 5 keeps RoPE settings in rope_parameters; 4.x in rope_theta and rope_scaling.
+    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type != "default":
+        raise ValueError(f"LLaMA with rope scaling {rope_type!r} is not supported (plain RoPE only)")
+    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError("LLaMA with partial_rotary_factor != 1 is not supported")
+    return float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+
+def config_to_args(config) -> dict:
+    if config.hidden_act != "silu":
+        raise ValueError(f"LLaMA with hidden_act {config.hidden_act!r} is not supported (SwiGLU with silu only)")
+    # The backbone's gate projection has no bias, and use_bias would add biases to the MLP too.
+    for flag in ("attention_bias", "mlp_bias"):
+        if getattr(config, flag, False):
+            raise ValueError(f"LLaMA with {flag}=True is not supported (the backbone's gate projection has no bias)")
+    if getattr(config, "pretraining_tp", 1) not in (None, 1):
+        raise ValueError(f"LLaMA with pretraining_tp={config.pretraining_tp} is not supported")
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    pad = config.pad_token_id
+    return dict(
+        num_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        num_attention_heads=heads,
+        num_multi_query_heads=0 if kv_heads == heads else kv_heads,
+        hidden_size_per_attention_head=None if head_dim * heads == config.hidden_size else head_dim,
+        vocab_size=config.vocab_size,
+        max_sequence_length=config.max_position_embeddings,
+        inner_hidden_size=config.intermediate_size,
+        layernorm_epsilon=config.rms_norm_eps,
+        rotary_base=_rope_theta(config),
+        use_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=config.attention_dropout,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=-1 if pad is None else pad,
+    )
+
+
+def model_to_config(model):
+    from transformers import LlamaConfig
+
+    t = model.transformer
+    heads = t.num_attention_heads
+    lm_head = model.get_mixin("lm").lm_head.weight
+    return LlamaConfig(
+        num_hidden_layers=t.num_layers,
+        hidden_size=t.hidden_size,
+        num_attention_heads=heads,
+        num_key_value_heads=t.num_multi_query_heads or heads,
+        head_dim=t.hidden_size_per_attention_head or t.hidden_size // heads,
+        vocab_size=t.vocab_size,
+        max_position_embeddings=t.max_sequence_length,
+        intermediate_size=t.inner_hidden_size or 4 * t.hidden_size,
+        rms_norm_eps=t.layernorm_epsilon,
+        rope_theta=t.rotary_base,
+        attention_dropout=t.layers[0].attention.attention_dropout.p,
+        bos_token_id=model.bos_token_id,
+        eos_token_id=model.eos_token_id,
+        pad_token_id=None if model.pad_token_id == -1 else model.pad_token_id,
+        tie_word_embeddings=bool(torch.equal(lm_head, t.word_embeddings.weight)),
+    )
+
+
+def context(args) -> dict:
+    heads = args.num_attention_heads
+    head_dim = args.hidden_size_per_attention_head or args.hidden_size // heads
+    kv_heads = args.num_multi_query_heads or heads
+    return {"qkv_sizes": (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)}
+
+
+def prepare_hf_state(state: dict, config) -> dict:
+    if not any(key.startswith("model.") for key in state):  # a headless LlamaModel
+        state = {f"model.{key}": value for key, value in state.items()}
+    if getattr(config, "tie_word_embeddings", False):  # SmolLM2; lm_head.weight is often not saved
+        # A copy: sat's head is a parameter of its own, which must not alias the embedding.
+        state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+    return state
+
+
+register_family(
+    Family(
+        name="llama",
+        model_types=("llama",),
+        sat_class="LLaMAModel",
+        hf_class="LlamaForCausalLM",
+        table=TABLE,
+        config_to_args=config_to_args,
+        model_to_config=model_to_config,
+        context=context,
+        prepare_hf_state=prepare_hf_state,
+        ignore_hf=(r"model\.rotary_emb\.(original_)?inv_freq", r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"),
+    )
+)

@@ -1,0 +1,127 @@
+"""ViT (``ViTForImageClassification``) <-> sat ``ViTModel``.
+
+HF's ``[CLS]`` token is sat's one-row word embedding (``pre_len=1``, ``vocab_size=1``).
+transformers 5 renamed ViT's modules (``vit.layers.0.attention.q_proj``) but still saves, and
+the Hub still holds, the former names (``vit.encoder.layer.0.attention.attention.query``):
+the map uses the new names and ``prepare_hf_state`` renames the former.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from sat.hf.families.bert import QKV, weight_bias
+from sat.hf.family import Family, register_family
+from sat.hf.mapping import Transform
+
+_LAYER, _HF_LAYER = "transformer.layers.{}.", "vit.layers.{}."
+# HF keeps a leading batch dimension on the [CLS] token and the position table.
+BATCH = Transform("batch", lambda ts, ctx: ts[0].squeeze(0), lambda t, ctx: [t.unsqueeze(0)])
+_QKV = tuple(_HF_LAYER + f"attention.{name}_proj" for name in "qkv")
+
+TABLE = [
+    ("transformer.word_embeddings.weight", "vit.embeddings.cls_token", BATCH),
+    ("transformer.position_embeddings.weight", "vit.embeddings.position_embeddings", BATCH),
+    *weight_bias("mixins.patch_embedding.proj", "vit.embeddings.patch_embeddings.projection"),
+    *weight_bias(_LAYER + "input_layernorm", _HF_LAYER + "layernorm_before"),
+    (_LAYER + "attention.query_key_value.weight", tuple(k + ".weight" for k in _QKV), QKV),
+    (_LAYER + "attention.query_key_value.bias", tuple(k + ".bias" for k in _QKV), QKV),
+    *weight_bias(_LAYER + "attention.dense", _HF_LAYER + "attention.o_proj"),
+    *weight_bias(_LAYER + "post_attention_layernorm", _HF_LAYER + "layernorm_after"),
+    *weight_bias(_LAYER + "mlp.dense_h_to_4h", _HF_LAYER + "mlp.fc1"),
+    *weight_bias(_LAYER + "mlp.dense_4h_to_h", _HF_LAYER + "mlp.fc2"),
+    *weight_bias("transformer.final_layernorm", "vit.layernorm"),
+    *weight_bias("mixins.cls.classifier", "classifier"),
+]
+# Former name -> transformers 5 name, applied in order (attention.output.dense before output.dense).
+_RENAMES = (
+    ("vit.encoder.layer.", "vit.layers."),
+    ("attention.attention.query", "attention.q_proj"),
+    ("attention.attention.key", "attention.k_proj"),
+    ("attention.attention.value", "attention.v_proj"),
+    ("attention.output.dense", "attention.o_proj"),
+    ("intermediate.dense", "mlp.fc1"),
+    ("output.dense", "mlp.fc2"),
+)
+
+
+def prepare_hf_state(state: dict, config) -> dict:
+    renamed = {}
+    for key, value in state.items():
+        for old, new in _RENAMES:
+            key = key.replace(old, new)
+        renamed[key] = value
+    return renamed
+
+
+def config_to_args(config) -> dict:
+    name = (config.architectures or ["ViTForImageClassification"])[0]
+    if name != "ViTForImageClassification":
+        raise ValueError(f"{name} is not supported; sat translates ViTForImageClassification")
+    if config.hidden_act != "gelu":
+        raise ValueError(f"ViT with hidden_act={config.hidden_act!r} is not supported (exact GELU only)")
+    if not config.qkv_bias:
+        raise ValueError("ViT with qkv_bias=False is not supported")
+    image_size = config.image_size if isinstance(config.image_size, list | tuple) else [config.image_size] * 2
+    return dict(
+        num_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        num_attention_heads=config.num_attention_heads,
+        vocab_size=1,
+        inner_hidden_size=config.intermediate_size,
+        layernorm_epsilon=config.layer_norm_eps,
+        hidden_dropout=config.hidden_dropout_prob,
+        attention_dropout=config.attention_probs_dropout_prob,
+        layernorm_order="pre",
+        image_size=list(image_size),
+        patch_size=config.patch_size,
+        pre_len=1,
+        post_len=0,
+        in_channels=config.num_channels,
+        num_classes=config.num_labels,
+    )
+
+
+def model_to_config(model):
+    from transformers import ViTConfig
+
+    t, prop = model.transformer, model.transformer.property
+    if (prop.pre_len, prop.post_len, t.vocab_size) != (1, 0, 1):
+        raise ValueError(
+            "ViTModel converts to transformers only with one [CLS] token: pre_len=1, post_len=0, vocab_size=1"
+        )
+    if t.layernorm_order != "pre" or t.layers[0].mlp.activation_func is not F.gelu:
+        raise ValueError("ViTModel converts to transformers only pre-LN with exact GELU")
+    height, width = prop.image_size
+    proj, classifier = model.get_mixin("patch_embedding").proj, model.get_mixin("cls").classifier
+    return ViTConfig(
+        num_hidden_layers=t.num_layers,
+        hidden_size=t.hidden_size,
+        num_attention_heads=t.num_attention_heads,
+        intermediate_size=t.inner_hidden_size or 4 * t.hidden_size,
+        hidden_act="gelu",
+        layer_norm_eps=t.layernorm_epsilon,
+        hidden_dropout_prob=t.layers[0].attention.output_dropout.p,
+        attention_probs_dropout_prob=t.layers[0].attention.attention_dropout.p,
+        image_size=height if height == width else [height, width],
+        patch_size=prop.patch_size,
+        num_channels=proj.in_channels,
+        num_labels=classifier.out_features,
+        qkv_bias=True,
+        architectures=["ViTForImageClassification"],
+    )
+
+
+register_family(
+    Family(
+        name="vit",
+        model_types=("vit",),
+        sat_class="ViTModel",
+        hf_class="ViTForImageClassification",
+        table=TABLE,
+        config_to_args=config_to_args,
+        model_to_config=model_to_config,
+        context=lambda args: {"hidden_size": args.hidden_size},
+        prepare_hf_state=prepare_hf_state,
+    )
+)

@@ -1,0 +1,5 @@
+"""Finetuning mixins."""
+
+from sat.model.finetune.mlp_head import MLPHeadMixin
+
+__all__ = ["MLPHeadMixin"]

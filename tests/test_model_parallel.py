@@ -1,0 +1,182 @@
+"""Tensor model parallelism on 2 (and 4) CPU processes over gloo."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from distributed import run_workers
+
+from sat import mpu
+from sat.model import AutoModel, BaseModel
+from sat.model.official import BertModel, GPT2Model, LLaMAModel
+from sat.mpu.partition import merge_strided, partition_spec, split_strided
+from sat.mpu.reshard import main as reshard_main
+from sat.training.model_io import save_checkpoint
+
+pytestmark = pytest.mark.multiprocess
+
+IDS = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(0))
+POSITIONS = torch.arange(10).expand(2, 10)
+
+
+def _layers_worker(rank: int, world: int) -> dict:
+    mpu.initialize_model_parallel(world)
+    diffs = {}
+    torch.manual_seed(0)
+    column = mpu.ColumnParallelLinear(8, 12, stride=3, gather_output=True)
+    torch.manual_seed(0)
+    full = torch.nn.init.normal_(torch.empty(12, 8), std=0.02)
+    diffs["column shard"] = (column.weight - split_strided(full, world, 3)[rank]).abs().max().item()
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    torch.manual_seed(0)
+    plain = mpu.ColumnParallelLinear(8, 12, gather_output=True)
+    out = plain(x)
+    diffs["column forward"] = (out - F.linear(x, full, torch.zeros(12))).abs().max().item()
+    grad = torch.autograd.grad(out.square().sum(), x)[0]
+    diffs["column input grad"] = (grad - torch.autograd.grad(F.linear(x, full).square().sum(), x)[0]).abs().max().item()
+
+    torch.manual_seed(0)
+    row = mpu.RowParallelLinear(12, 8)
+    torch.manual_seed(0)
+    row_full = torch.nn.init.normal_(torch.empty(8, 12), std=0.02)
+    y = torch.randn(3, 12, generator=torch.Generator().manual_seed(2))
+    diffs["row forward"] = (row(y) - F.linear(y, row_full)).abs().max().item()
+
+    torch.manual_seed(0)
+    embedding = mpu.VocabParallelEmbedding(16, 4)
+    torch.manual_seed(0)
+    table = torch.nn.init.normal_(torch.empty(16, 4), std=0.02)
+    ids = torch.tensor([[0, 7, 8, 15]])
+    diffs["embedding"] = (embedding(ids) - table[ids]).abs().max().item()
+
+    logits = torch.randn(6, 16, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    target = torch.tensor([0, 5, 8, 15, 9, 1])
+    shard = logits[:, rank * 16 // world : (rank + 1) * 16 // world]
+    loss = mpu.vocab_parallel_cross_entropy(shard, target)
+    expected = F.cross_entropy(logits, target, reduction="none")
+    diffs["cross entropy"] = (loss - expected).abs().max().item()
+    grad = torch.autograd.grad(loss.sum(), logits)[0]
+    expected_grad = torch.autograd.grad(expected.sum(), logits)[0]
+    own = slice(rank * 16 // world, (rank + 1) * 16 // world)
+    diffs["cross entropy grad"] = (grad[:, own] - expected_grad[:, own]).abs().max().item()
+
+    data = {"tokens": torch.arange(6).view(2, 3) * (rank + 1)}  # only rank 0's values count
+    diffs["broadcast"] = float(
+        (mpu.broadcast_data(["tokens"], data, torch.int64)["tokens"] - torch.arange(6).view(2, 3)).abs().max()
+    )
+    return diffs
+
+
+def test_parallel_layers_equal_full_layers():
+    for diffs in run_workers(_layers_worker, 2):
+        for name, value in diffs.items():
+            assert value < 1e-6, (name, value)
+
+
+def _gathered_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    grads = {}
+    world = mpu.get_model_parallel_world_size()
+    for name, param in model.named_parameters():
+        spec = partition_spec(param)
+        if spec is None:
+            grads[name] = param.grad
+            continue
+        parts = [torch.empty_like(param.grad) for _ in range(world)]
+        dist.all_gather(parts, param.grad.contiguous(), group=mpu.get_model_parallel_group())
+        grads[name] = merge_strided(parts, spec[1], spec[0])
+    return grads
+
+
+def _model_worker(rank: int, world: int, folder: str) -> dict:
+    model, args = AutoModel.from_pretrained(folder, overwrite_args={"model_parallel_size": world})
+    assert mpu.get_model_parallel_world_size() == world and args.model_parallel_size == world
+    logits = model(IDS, POSITIONS, -1)[0]
+    logits.square().mean().backward()
+    return {"logits": logits.detach(), "grads": _gathered_grads(model)}
+
+
+def _tiny(model_cls, **overrides):
+    args = model_cls.get_args(
+        num_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        vocab_size=96,
+        max_sequence_length=32,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        **overrides,
+    )
+    torch.manual_seed(0)
+    return model_cls(args), args
+
+
+@pytest.mark.parametrize(
+    "model_cls, overrides",
+    [
+        (GPT2Model, {}),
+        (BaseModel, dict(num_multi_query_heads=2, is_rotary_emb=True, is_gated_mlp=True)),
+        (LLaMAModel, dict(num_multi_query_heads=2, use_bias=False)),
+        (BertModel, dict(layernorm_order="post")),  # a replicated dense + norm before the vocabulary
+    ],
+    ids=["gpt2", "gqa-rotary-gated", "llama-gqa", "bert"],
+)
+def test_mp2_logits_and_gradients_equal_mp1(tmp_path, model_cls, overrides):
+    model, args = _tiny(model_cls, **overrides)
+    args.save = str(tmp_path)
+    save_checkpoint(1, model, None, None, args)
+    logits = model(IDS, POSITIONS, -1)[0]
+    logits.square().mean().backward()
+    results = run_workers(_model_worker, 2, str(tmp_path))
+    for result in results:
+        assert (result["logits"] - logits).abs().max() < 1e-5
+        for name, param in model.named_parameters():
+            assert (result["grads"][name] - param.grad).abs().max() < 1e-5, name
+
+
+def _reshard_worker(rank: int, world: int, source: str, target: str) -> None:
+    model, args = AutoModel.from_pretrained(source, overwrite_args={"model_parallel_size": world})
+    args.save = target
+    save_checkpoint(7, model, None, None, args)
+
+
+def _files(folder: str, iteration: str) -> list[str]:
+    return sorted(os.listdir(os.path.join(folder, iteration)))
+
+
+def test_resharding_round_trips_exactly(tmp_path):
+    model, args = _tiny(GPT2Model)
+    args.save = str(tmp_path / "mp1")
+    save_checkpoint(3, model, None, None, args)
+    run_workers(_reshard_worker, 2, str(tmp_path / "mp1"), str(tmp_path / "mp2"))
+    assert _files(str(tmp_path / "mp2"), "7") == ["mp_rank_00_model_states.pt", "mp_rank_01_model_states.pt"]
+
+    reshard_main([str(tmp_path / "mp2"), str(tmp_path / "back"), "--model-parallel-size", "1"])
+    merged, merged_args = AutoModel.from_pretrained(str(tmp_path / "back"))
+    assert merged_args.model_parallel_size == 1
+    for key, value in model.state_dict().items():
+        assert torch.equal(merged.state_dict()[key], value), key
+
+    reshard_main([str(tmp_path / "mp1"), str(tmp_path / "offline2"), "--model-parallel-size", "2"])
+    for rank in range(2):
+        name = f"mp_rank_{rank:02d}_model_states.pt"
+        online = torch.load(tmp_path / "mp2" / "7" / name, weights_only=True)["module"]
+        offline = torch.load(tmp_path / "offline2" / "3" / name, weights_only=True)["module"]
+        assert all(torch.equal(online[k], offline[k]) for k in online)
+
+
+@pytest.mark.slow
+def test_resharding_two_to_four(tmp_path):
+    model, args = _tiny(GPT2Model)
+    args.save = str(tmp_path / "mp1")
+    save_checkpoint(1, model, None, None, args)
+    reshard_main([str(tmp_path / "mp1"), str(tmp_path / "mp2"), "--model-parallel-size", "2"])
+    run_workers(_reshard_worker, 4, str(tmp_path / "mp2"), str(tmp_path / "mp4"))
+    assert len(_files(str(tmp_path / "mp4"), "7")) == 4
+    reshard_main([str(tmp_path / "mp4"), str(tmp_path / "back"), "--model-parallel-size", "1"])
+    merged, _ = AutoModel.from_pretrained(str(tmp_path / "back"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(merged.state_dict()[key], value), key
