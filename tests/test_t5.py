@@ -10,8 +10,10 @@ import torch
 from model_checks import check_hf_round_trip, check_sat_model, check_unmatched_keys
 from transformers import T5Config, T5ForConditionalGeneration
 
+from sat.generation import BaseStrategy, encoder_decoder_filling_sequence
 from sat.hf import from_hf, to_hf
 from sat.model import AutoModel, BaseModel
+from sat.model.cached_autoregressive_model import CachedAutoregressiveMixin
 from sat.model.encoder_decoder_model import EncoderDecoderModel
 from sat.model.official import T5Model
 from sat.model.official.t5_model import relative_position_bucket
@@ -118,6 +120,45 @@ def test_relative_position_buckets_match_transformers():
     for bidirectional in (True, False):
         expected = T5Attention._relative_position_bucket(distances, bidirectional, 32, 128)
         assert torch.equal(relative_position_bucket(distances, bidirectional, 32, 128), expected)
+
+
+NEW_TOKENS = 64
+
+
+@pytest.mark.parametrize("overrides", [V1_0, V1_1], ids=["v1.0", "v1.1"])
+def test_cached_greedy_generation_equals_uncached_loop_and_transformers(overrides):
+    """Encoder once, decoder cached (cross-attention keys/values from the first step reused):
+    the tokens of a greedy loop of full, uncached forwards, and of transformers' generate."""
+    hf = hf_t5(**overrides)
+    model, _ = from_hf(hf)
+    source, padding = ENC_IDS[1:], ENC_PADDING[1:]  # a padded source
+    mask = padding[:, None, None, :]
+    uncached = torch.zeros(1, 1, dtype=torch.long)  # decoder_start_token_id
+    with torch.no_grad():
+        for _ in range(NEW_TOKENS):
+            logits = model(source, uncached, enc_attention_mask=mask)[1]
+            uncached = torch.cat((uncached, logits[:, -1:].argmax(-1)), dim=1)
+        reference = hf.generate(
+            input_ids=source, attention_mask=padding, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None
+        )
+    model.decoder.add_mixin("auto-regressive", CachedAutoregressiveMixin())
+    projections = []  # cross-attention key/value projections run
+    for layer in model.decoder.transformer.layers:
+        layer.cross_attention.key_value.register_forward_hook(lambda *_: projections.append(1))
+    seq = torch.tensor([0] + [-1] * NEW_TOKENS)
+    tokens, mems = encoder_decoder_filling_sequence(
+        model, source, seq, 1, BaseStrategy(top_k=1), enc_attention_mask=mask
+    )
+    assert mems.length == NEW_TOKENS  # the decoder ran cached, one position per step
+    assert len(projections) == len(model.decoder.transformer.layers)  # once, at the first step
+    assert torch.equal(tokens, uncached)
+    assert torch.equal(tokens, reference)
+
+
+def test_encoder_decoder_generation_takes_one_source():
+    model, _ = from_hf(hf_t5(**V1_0))
+    with pytest.raises(ValueError, match=r"one source \[1, s_enc\]"):
+        encoder_decoder_filling_sequence(model, ENC_IDS, torch.tensor([0, -1]), 1)
 
 
 @pytest.mark.parametrize("flags", [{}, dict(gated_gelu_mlp=True, no_share_embeddings=True, dec_num_layers=3)])
