@@ -135,8 +135,9 @@ def test_cached_greedy_generation_equals_uncached_loop_and_transformers(override
     mask = padding[:, None, None, :]
     uncached = torch.zeros(1, 1, dtype=torch.long)  # decoder_start_token_id
     with torch.no_grad():
-        for _ in range(NEW_TOKENS):
-            logits = model(source, uncached, enc_attention_mask=mask)[1]
+        encoder_outputs = model.encode(source, mask)
+        for _ in range(NEW_TOKENS):  # full decoder forwards over every token so far
+            logits = model.decode(uncached, encoder_outputs=encoder_outputs, cross_attention_mask=mask)[0]
             uncached = torch.cat((uncached, logits[:, -1:].argmax(-1)), dim=1)
         reference = hf.generate(
             input_ids=source, attention_mask=padding, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None
