@@ -14,10 +14,15 @@ import torch.nn.functional as F
 from sat.model.base_model import BaseMixin
 from sat.model.encoder_decoder_model import EncoderDecoderModel, decoder_args
 from sat.model.transformer import MLP, CrossAttention, SelfAttention
-from sat.mpu import ColumnParallelLinear, gather_from_model_parallel_region, get_model_parallel_world_size
+from sat.mpu import (
+    ColumnParallelLinear,
+    get_model_parallel_rank,
+    get_model_parallel_world_size,
+    vocab_parallel_logits,
+)
+from sat.mpu.partition import mark_partitioned, split_strided
 from sat.mpu.utils import divide, gelu
 from sat.ops.layernorm import RMSNorm
-from sat.ops.linear import linear
 from sat.transformer_defaults import attention_fn_default
 
 # T5's layer norm is an RMS norm: no mean subtraction, no bias.
@@ -70,10 +75,16 @@ class T5AttentionMixin(BaseMixin):
         self.relative_attention_num_buckets = relative_attention_num_buckets
         self.relative_attention_max_distance = relative_attention_max_distance
         self.is_decoder = is_decoder
-        heads = divide(num_attention_heads, get_model_parallel_world_size())
-        self.relative_attention_bias = torch.nn.Embedding(
-            relative_attention_num_buckets, heads, device="meta" if skip_init else None
-        )
+        world_size = get_model_parallel_world_size()
+        if skip_init:
+            weight = torch.empty(relative_attention_num_buckets, divide(num_attention_heads, world_size), device="meta")
+        else:
+            # Every head's bias drawn as one process draws it (torch.nn.Embedding's N(0, 1)), then
+            # this rank's heads kept: the same model at any model-parallel size.
+            full = torch.nn.init.normal_(torch.empty(relative_attention_num_buckets, num_attention_heads))
+            weight = split_strided(full, world_size, dim=1)[get_model_parallel_rank()]
+        self.relative_attention_bias = torch.nn.Embedding.from_pretrained(weight, freeze=False)
+        mark_partitioned(self.relative_attention_bias.weight, 1)  # [buckets, heads / mp]
 
     def compute_bias(self, query_length: int, key_length: int) -> torch.Tensor:
         """``[1, np, sq, sk]`` bias for queries at the last ``query_length`` key positions."""
@@ -120,17 +131,17 @@ class T5DecoderFinalMixin(BaseMixin):
         self.hidden_size = hidden_size
         self.tie_word_embeddings = tie_word_embeddings
         if not tie_word_embeddings:
-            # Column-parallel and called through linear(), as GPT2FinalMixin's.
+            # Column-parallel, its rows the vocabulary shard: GPT2FinalMixin's convention.
             self.lm_head = ColumnParallelLinear(
                 hidden_size, vocab_size, bias=False, gather_output=False, skip_init=skip_init
             )
 
     def final_forward(self, logits, **kw_args):
         if self.tie_word_embeddings:
-            logits = linear(logits * self.hidden_size**-0.5, self.transformer.word_embeddings.weight)  # [b, s, v / mp]
+            logits, weight = logits * self.hidden_size**-0.5, self.transformer.word_embeddings.weight
         else:
-            logits = linear(logits, self.lm_head.weight)  # [b, s, vocab / mp]
-        return logits if kw_args["parallel_output"] else gather_from_model_parallel_region(logits)
+            weight = self.lm_head.weight
+        return vocab_parallel_logits(logits, weight, kw_args["parallel_output"])  # [b, s, vocab (/ mp)]
 
 
 def t5_init_method(std: float):
