@@ -125,11 +125,15 @@ def test_relative_position_buckets_match_transformers():
 NEW_TOKENS = 64
 
 
-@pytest.mark.parametrize("overrides", [V1_0, V1_1], ids=["v1.0", "v1.1"])
+@pytest.mark.parametrize(
+    "overrides", [V1_0, V1_1, {**V1_1, "num_decoder_layers": 3}], ids=["v1.0", "v1.1", "v1.1-3-decoder-layers"]
+)
 def test_cached_greedy_generation_equals_uncached_loop_and_transformers(overrides):
     """Encoder once, decoder cached (cross-attention keys/values from the first step reused):
     the tokens of a greedy loop of full, uncached forwards, and of transformers' generate."""
     hf = hf_t5(**overrides)
+    # transformers 5.23's generate fails (IndexError in its cache) when the stacks' depths differ
+    compare_with_transformers = hf.config.num_decoder_layers == hf.config.num_layers
     model, _ = from_hf(hf)
     source, padding = ENC_IDS[1:], ENC_PADDING[1:]  # a padded source
     mask = padding[:, None, None, :]
@@ -139,9 +143,10 @@ def test_cached_greedy_generation_equals_uncached_loop_and_transformers(override
         for _ in range(NEW_TOKENS):  # full decoder forwards over every token so far
             logits = model.decode(uncached, encoder_outputs=encoder_outputs, cross_attention_mask=mask)[0]
             uncached = torch.cat((uncached, logits[:, -1:].argmax(-1)), dim=1)
-        reference = hf.generate(
-            input_ids=source, attention_mask=padding, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None
-        )
+        if compare_with_transformers:
+            reference = hf.generate(
+                input_ids=source, attention_mask=padding, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None
+            )
     model.decoder.add_mixin("auto-regressive", CachedAutoregressiveMixin())
     projections = []  # cross-attention key/value projections run
     for layer in model.decoder.transformer.layers:
@@ -153,7 +158,7 @@ def test_cached_greedy_generation_equals_uncached_loop_and_transformers(override
     assert mems.length == NEW_TOKENS  # the decoder ran cached, one position per step
     assert len(projections) == len(model.decoder.transformer.layers)  # once, at the first step
     assert torch.equal(tokens, uncached)
-    assert torch.equal(tokens, reference)
+    assert not compare_with_transformers or torch.equal(tokens, reference)
 
 
 def test_encoder_decoder_generation_takes_one_source():
