@@ -7,7 +7,13 @@ import sys
 
 import pytest
 import torch
-from model_checks import check_hf_round_trip, check_sat_model, check_unmatched_keys
+from model_checks import (
+    assert_recorded,
+    check_hf_round_trip,
+    check_sat_model,
+    check_unmatched_keys,
+    check_written_here_loads_in_original,
+)
 from transformers import T5Config, T5ForConditionalGeneration
 
 from sat.generation import BaseStrategy, encoder_decoder_filling_sequence
@@ -17,7 +23,6 @@ from sat.model.cached_autoregressive_model import CachedAutoregressiveMixin
 from sat.model.encoder_decoder_model import EncoderDecoderModel
 from sat.model.official import T5Model
 from sat.model.official.t5_model import relative_position_bucket
-from sat.training.model_io import save_checkpoint
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "original_sat")
 sys.path.insert(0, FIXTURES)
@@ -30,6 +35,9 @@ ENC_PADDING = torch.ones(2, 20, dtype=torch.long)
 ENC_PADDING[1, 14:] = 0  # the second source is 14 tokens long, padded on the right as T5's are
 V1_0 = dict(feed_forward_proj="relu", tie_word_embeddings=True)
 V1_1 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+TINY = dict(
+    num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=64, hidden_dropout=0.0, attention_dropout=0.0
+)
 
 
 def hf_t5(seed: int = 0, **overrides) -> T5ForConditionalGeneration:
@@ -169,16 +177,7 @@ def test_encoder_decoder_generation_takes_one_source():
 
 @pytest.mark.parametrize("flags", [{}, dict(gated_gelu_mlp=True, no_share_embeddings=True, dec_num_layers=3)])
 def test_sat_model_trains_saves_and_reloads(tmp_path, flags):
-    args = T5Model.get_args(
-        num_layers=2,
-        hidden_size=32,
-        num_attention_heads=4,
-        vocab_size=64,
-        relative_attention_num_buckets=8,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        **flags,
-    )
+    args = T5Model.get_args(**TINY, relative_attention_num_buckets=8, **flags)
     model = T5Model(args)
     assert list(model.encoder.mixins) == ["final", "t5-attention", "t5-position"]
     assert list(model.decoder.mixins) == ["t5-attention", "t5-position", "t5-final"]
@@ -192,13 +191,6 @@ def test_sat_model_trains_saves_and_reloads(tmp_path, flags):
     assert loaded.decoder.transformer.word_embeddings is loaded.encoder.transformer.word_embeddings
 
 
-def _assert_recorded(logits: dict, path: str, atol: float = 1e-6) -> None:
-    recorded = torch.load(path, weights_only=True)
-    assert recorded.keys() == logits.keys()
-    for kind, value in recorded.items():
-        assert (logits[kind] - value).abs().max() < atol, kind
-
-
 @pytest.mark.parametrize("layout", ["t5", "t5_v1_1"])
 def test_checkpoints_of_the_original_load_with_identical_outputs(layout):
     """v1.0, and v1.1 with the original's ``gated-mlp`` mixin layout, written by the original,
@@ -207,7 +199,7 @@ def test_checkpoints_of_the_original_load_with_identical_outputs(layout):
     model, _ = AutoModel.from_pretrained(folder)
     assert isinstance(model, T5Model)
     logits = t5_logits(model)
-    _assert_recorded(logits, os.path.join(folder, "logits_by_original.pt"))
+    assert_recorded(logits, os.path.join(folder, "logits_by_original.pt"))
     old = torch.load(os.path.join(folder, "1", "mp_rank_00_model_states.pt"), weights_only=True)["module"]
     if layout == "t5_v1_1":
         assert "decoder.mixins.gated-mlp.gated_h_to_4h_list.1.weight" in old
@@ -218,26 +210,13 @@ def test_checkpoints_of_the_original_load_with_identical_outputs(layout):
 
 
 def test_checkpoint_written_here_loads_in_original(tmp_path):
-    folder = os.path.join(FIXTURES, "written_by_ours", "t5")
-    model, args = AutoModel.from_pretrained(folder)
-    _assert_recorded(t5_logits(model), os.path.join(folder, "logits_by_original.pt"))
-    args.save = str(tmp_path)
-    save_checkpoint(1, model, None, None, args)
-    written = torch.load(tmp_path / "1" / "mp_rank_00_model_states.pt", weights_only=True)["module"]
-    committed = torch.load(os.path.join(folder, "1", "mp_rank_00_model_states.pt"), weights_only=True)["module"]
-    assert list(written) == list(committed)
-    assert all(torch.equal(written[key], value) for key, value in committed.items())
+    check_written_here_loads_in_original(os.path.join(FIXTURES, "written_by_ours", "t5"), t5_logits, tmp_path)
 
 
 def test_encoder_decoder_model_applies_decoder_args_and_reloads(tmp_path):
     args = EncoderDecoderModel.get_args(
-        num_layers=2,
-        hidden_size=32,
-        num_attention_heads=4,
-        vocab_size=64,
+        **TINY,
         max_sequence_length=32,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
         dec_num_layers=1,
         dec_inner_hidden_size=40,
         dec_layernorm_order="post",
@@ -274,9 +253,7 @@ def test_encoder_decoder_model_checks_its_parts():
 def test_unsupported_configs_and_unmatched_keys():
     with pytest.raises(ValueError, match="feed_forward_proj='gated-silu' is not supported"):
         from_hf(hf_t5(feed_forward_proj="gated-silu"))
-    args = T5Model.get_args(
-        num_layers=1, hidden_size=32, num_attention_heads=4, vocab_size=64, dec_inner_hidden_size=40
-    )
+    args = T5Model.get_args(**TINY, dec_inner_hidden_size=40)
     with pytest.raises(ValueError, match=r"decoder differs in \['inner_hidden_size'\]"):
         to_hf(T5Model(args))
     check_unmatched_keys(
