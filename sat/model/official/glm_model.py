@@ -30,6 +30,25 @@ class BlockPositionEmbeddingMixin(BaseMixin):
         return self.transformer.position_embeddings(positions) + self.block_position_embeddings(block_positions)
 
 
+def get_masks_and_position_ids_glm(seq: torch.Tensor, mask_position: int, context_length: int):
+    """GLM's blank filling for ``filling_sequence`` (bind the keywords with ``functools.partial``).
+
+    ``seq`` is the context (``context_length`` tokens, a mask token at ``mask_position``), then
+    the start-of-piece token and ``-1`` for each token to generate. The context attends
+    bidirectionally and the blank causally; the blank's tokens all sit at ``mask_position``
+    with block positions 1, 2, ... Returns ``tokens [1, L]``, ``attention_mask [1, 1, L, L]``
+    and ``position_ids [1, 2, L]``.
+    """
+    length = len(seq)
+    attention_mask = torch.ones(length, length, device=seq.device).tril_()
+    attention_mask[:, :context_length] = 1  # everyone sees the whole context
+    positions = torch.full((length,), mask_position, dtype=torch.long, device=seq.device)
+    positions[:context_length] = torch.arange(context_length, device=seq.device)
+    block_positions = torch.zeros(length, dtype=torch.long, device=seq.device)
+    block_positions[context_length:] = torch.arange(1, length - context_length + 1, device=seq.device)
+    return seq.unsqueeze(0), attention_mask[None, None], torch.stack((positions, block_positions))[None]
+
+
 class GLMModel(BaseModel):
     def __init__(self, args, transformer=None, **kwargs):
         super().__init__(args, transformer=transformer, **kwargs)
