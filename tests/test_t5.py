@@ -113,12 +113,26 @@ def test_translated_configuration():
     )
     assert enc.is_gated_mlp and not enc.use_bias and dec.is_decoder and not enc.is_decoder
     assert dec.word_embeddings is enc.word_embeddings  # one shared embedding
-    assert model.decoder.get_mixin("t5-final").lm_head.weight.shape == (64, 32)
+    head = model.decoder.get_mixin("t5-final").lm_head.weight
+    assert head.shape == (64, 32) and head.data_ptr() != enc.word_embeddings.weight.data_ptr()  # not aliased
     attention = model.decoder.get_mixin("t5-attention")
     assert (attention.relative_attention_num_buckets, attention.relative_attention_max_distance) == (8, 16)
     assert attention.is_decoder and not model.encoder.get_mixin("t5-attention").is_decoder
     config = to_hf(model).config
     assert (config.num_decoder_layers, config.d_kv, config.feed_forward_proj) == (3, 16, "gated-gelu")
+
+
+def test_v1_1_directory_loads_with_an_own_head(tmp_path):
+    """transformers 5 saves v1.1 with the head tied to `shared`: sat's lm_head starts as an equal
+    tensor with a storage of its own."""
+    hf = hf_t5(**V1_1)
+    hf.save_pretrained(tmp_path)
+    model, _ = AutoModel.from_pretrained(str(tmp_path))
+    head = model.decoder.get_mixin("t5-final").lm_head.weight
+    embedding = model.encoder.transformer.word_embeddings.weight
+    assert torch.equal(head, embedding) and head.data_ptr() != embedding.data_ptr()
+    with torch.no_grad():
+        assert (sat_logits(model) - hf_logits(hf)).abs().max() < 1e-5
 
 
 def test_relative_position_buckets_match_transformers():

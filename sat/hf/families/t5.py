@@ -159,10 +159,10 @@ def prepare_hf_state(state: dict, config) -> dict:
             state[key] = shared
         elif state[key].data_ptr() != shared.data_ptr() and not torch.equal(state[key], shared):
             raise ValueError(f"T5: {key} differs from shared.weight, but sat's T5Model ties them")
-    if not tied_head and (_HEAD not in state or state[_HEAD].data_ptr() == shared.data_ptr()):
-        # v1.1's own head, here (transformers 5 ties it) equal to the embedding: a copy, so that
-        # training keeps them apart.
-        state[_HEAD] = shared.clone()
+    if not tied_head:
+        # v1.1's own head; transformers 5 ties it to `shared` and may not save it. Loading gives
+        # sat's lm_head a storage of its own, so training keeps the two apart.
+        state.setdefault(_HEAD, shared)
     return state
 
 
