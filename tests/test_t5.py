@@ -189,7 +189,11 @@ def test_encoder_decoder_generation_takes_one_source():
         encoder_decoder_filling_sequence(model, ENC_IDS, torch.tensor([0, -1]), 1)
 
 
-@pytest.mark.parametrize("flags", [{}, dict(gated_gelu_mlp=True, no_share_embeddings=True, dec_num_layers=3)])
+V1_1_FLAGS = dict(gated_gelu_mlp=True, no_share_embeddings=True, dec_num_layers=3)
+
+
+# The second: T5's d_kv and d_ff, which model_config.json records from args (no backbone of its own)
+@pytest.mark.parametrize("flags", [{}, dict(V1_1_FLAGS, hidden_size_per_attention_head=16, inner_hidden_size=48)])
 def test_sat_model_trains_saves_and_reloads(tmp_path, flags):
     args = T5Model.get_args(**TINY, relative_attention_num_buckets=8, **flags)
     model = T5Model(args)
@@ -199,10 +203,14 @@ def test_sat_model_trains_saves_and_reloads(tmp_path, flags):
     assert "position_embeddings" not in dict(model.encoder.transformer.named_children())
     # T5's init: std 0.02 / sqrt(fan in); queries also / sqrt(head size), as transformers'
     qkv = model.encoder.transformer.layers[0].attention.query_key_value.weight
-    assert 0.8 < qkv[32:].std() / (0.02 * 32**-0.5) < 1.2 and 0.8 < qkv[:32].std() / (0.02 * (32 * 8) ** -0.5) < 1.2
+    inner, head = qkv.shape[0] // 3, flags.get("hidden_size_per_attention_head", 8)
+    assert 0.8 < qkv[inner:].std() / (0.02 * 32**-0.5) < 1.2
+    assert 0.8 < qkv[:inner].std() / (0.02 * (32 * head) ** -0.5) < 1.2
     check_sat_model(model, args, sat_logits, tmp_path)
     loaded, _ = AutoModel.from_pretrained(args.save)
     assert loaded.decoder.transformer.word_embeddings is loaded.encoder.transformer.word_embeddings
+    for name in ("hidden_size_per_attention_head", "inner_hidden_size"):
+        assert getattr(loaded.decoder.transformer, name) == getattr(model.decoder.transformer, name)
 
 
 @pytest.mark.parametrize("layout", ["t5", "t5_v1_1"])
