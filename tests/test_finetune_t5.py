@@ -1,22 +1,18 @@
 """Finetuning mixins on T5 (encoder-decoder): LoRA on both halves including the decoder's cross
-attention, merged and exported; prefix tuning and adapters. Skipped until T5Model is on the branch."""
+attention, merged and exported; prefix tuning and adapters."""
 
 from __future__ import annotations
 
 import argparse
 
-import pytest
 import torch
 import torch.nn.functional as F
+from transformers import T5Config, T5ForConditionalGeneration
 
-pytest.importorskip("sat.model.official.t5_model", reason="T5Model has not landed on this branch yet")
-
-from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
-
-from sat.hf import from_hf, to_hf  # noqa: E402
-from sat.model import AutoModel  # noqa: E402
-from sat.model.finetune import AdapterMixin, LoraLinear, LoraMixin, PrefixTuningMixin, freeze_all_but  # noqa: E402
-from sat.training.model_io import save_checkpoint  # noqa: E402
+from sat.hf import from_hf, to_hf
+from sat.model import AutoModel
+from sat.model.finetune import AdapterMixin, LoraLinear, LoraMixin, PrefixTuningMixin, freeze_all_but
+from sat.training.model_io import save_checkpoint
 
 ENC_IDS = torch.randint(2, 64, (2, 10), generator=torch.Generator().manual_seed(0))
 DEC_IDS = torch.randint(2, 64, (2, 8), generator=torch.Generator().manual_seed(1))

@@ -11,7 +11,7 @@ from distributed import gathered_grads, run_workers
 
 from sat import mpu
 from sat.model import AutoModel, BaseModel
-from sat.model.official import BertModel, GPT2Model, LLaMAModel
+from sat.model.official import BertModel, GPT2Model, LLaMAModel, T5Model
 from sat.mpu.partition import split_strided
 from sat.mpu.reshard import main as reshard_main
 from sat.training.model_io import save_checkpoint
@@ -20,6 +20,15 @@ pytestmark = pytest.mark.multiprocess
 
 IDS = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(0))
 POSITIONS = torch.arange(10).expand(2, 10)
+ENC_PADDING = torch.ones(2, 1, 1, 10)
+ENC_PADDING[1, ..., 7:] = 0  # T5's second source is padded
+
+
+def _logits(model: torch.nn.Module) -> torch.Tensor:
+    """The model's vocabulary logits on IDS (T5: a padded source IDS, the decoder's input its reverse)."""
+    if isinstance(model, T5Model):
+        return model(IDS, IDS.flip(1), enc_attention_mask=ENC_PADDING)[1]
+    return model(IDS, POSITIONS, -1)[0]
 
 
 def _layers_worker(rank: int, world: int) -> dict:
@@ -79,7 +88,7 @@ def test_parallel_layers_equal_full_layers():
 def _model_worker(rank: int, world: int, folder: str) -> dict:
     model, args = AutoModel.from_pretrained(folder, overwrite_args={"model_parallel_size": world})
     assert mpu.get_model_parallel_world_size() == world and args.model_parallel_size == world
-    logits = model(IDS, POSITIONS, -1)[0]
+    logits = _logits(model)
     logits.square().mean().backward()
     return {"logits": logits.detach(), "grads": gathered_grads(model)}
 
@@ -106,14 +115,16 @@ def _tiny(model_cls, **overrides):
         (BaseModel, dict(num_multi_query_heads=2, is_rotary_emb=True, is_gated_mlp=True)),
         (LLaMAModel, dict(num_multi_query_heads=2, use_bias=False)),
         (BertModel, dict(layernorm_order="post")),  # a replicated dense + norm before the vocabulary
+        (T5Model, dict(relative_attention_num_buckets=8)),  # v1.0: tied, scaled head
+        (T5Model, dict(gated_gelu_mlp=True, no_share_embeddings=True, dec_num_layers=3)),  # v1.1: own lm_head
     ],
-    ids=["gpt2", "gqa-rotary-gated", "llama-gqa", "bert"],
+    ids=["gpt2", "gqa-rotary-gated", "llama-gqa", "bert", "t5", "t5-v1.1"],
 )
 def test_mp2_logits_and_gradients_equal_mp1(tmp_path, model_cls, overrides):
     model, args = _tiny(model_cls, **overrides)
     args.save = str(tmp_path)
     save_checkpoint(1, model, None, None, args)
-    logits = model(IDS, POSITIONS, -1)[0]
+    logits = _logits(model)
     logits.square().mean().backward()
     results = run_workers(_model_worker, 2, str(tmp_path))
     for result in results:

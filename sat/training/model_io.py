@@ -182,11 +182,12 @@ def extract_model_specific_args_to_dump(args, model: torch.nn.Module) -> dict:
             value = mpu.get_model_parallel_world_size()
         if value is not None:
             to_dump[name] = value
-    if transformer is not None:
-        for name, default in _OPTIONAL_ARCH_ARGS:
-            value = getattr(transformer, name, default)
-            if value != default:
-                to_dump[name] = value
+    # A model without a backbone of its own (EncoderDecoderModel) is built from args alone.
+    source = transformer if transformer is not None else args
+    for name, default in _OPTIONAL_ARCH_ARGS:
+        value = getattr(source, name, default)
+        if value != default:
+            to_dump[name] = value
     to_dump.update(extract_model_specific_args_from_model(args, module))
     return {key: value for key, value in to_dump.items() if _json_safe(key, value)}
 
