@@ -12,7 +12,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from sat import mpu
 from sat.helpers import get_free_port
+from sat.mpu.partition import merge_strided, partition_spec
 
 
 def _worker(rank: int, world_size: int, port: int, outdir: str, fn: Callable, args: tuple) -> None:
@@ -65,3 +67,21 @@ def run_workers(fn: Callable, world_size: int = 2, *args, timeout: float = 300) 
     if failures:
         raise AssertionError("\n".join(failures))
     return [r["value"] for r in results]
+
+
+def gathered_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full gradient of each parameter that has one, gathered over the model-parallel group
+    (in a worker of ``run_workers``)."""
+    grads = {}
+    world = mpu.get_model_parallel_world_size()
+    for name, param in model.named_parameters():
+        if param.grad is None:
+            continue
+        spec = partition_spec(param)
+        if spec is None:
+            grads[name] = param.grad
+            continue
+        parts = [torch.empty_like(param.grad) for _ in range(world)]
+        dist.all_gather(parts, param.grad.contiguous(), group=mpu.get_model_parallel_group())
+        grads[name] = merge_strided(parts, spec[1], spec[0])
+    return grads

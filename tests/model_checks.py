@@ -94,3 +94,26 @@ def check_unmatched_keys(hf_model, extra_key: str, missing_key: str) -> None:
     del state[extra_key], state[missing_key]
     with pytest.raises(MappingError, match=rf"lacks \['{re.escape(missing_key)}'\]"):
         hf_to_sat_state_dict(state, hf_model.config)
+
+
+def assert_recorded(outputs: dict, path: str, atol: float = 1e-6) -> None:
+    """``outputs`` (name -> tensor) equal those saved at ``path`` (by the original library)."""
+    recorded = torch.load(path, weights_only=True)
+    assert recorded.keys() == outputs.keys()
+    for kind, value in recorded.items():
+        assert (outputs[kind] - value).abs().max() < atol, kind
+
+
+def check_written_here_loads_in_original(folder: str, outputs: Callable, tmp_path) -> None:
+    """A committed checkpoint written by this project (``folder``) gives the outputs the original
+    library recorded for it (``logits_by_original.pt``), and saving it again writes the same
+    tensors under the same keys, in the same order."""
+    model, args = AutoModel.from_pretrained(folder)
+    assert_recorded(outputs(model), os.path.join(folder, "logits_by_original.pt"))
+    args.save = str(tmp_path)
+    save_checkpoint(1, model, None, None, args)
+    states = os.path.join("1", "mp_rank_00_model_states.pt")
+    written = torch.load(os.path.join(str(tmp_path), states), weights_only=True)["module"]
+    committed = torch.load(os.path.join(folder, states), weights_only=True)["module"]
+    assert list(written) == list(committed)
+    assert all(torch.equal(written[key], value) for key, value in committed.items())

@@ -52,6 +52,16 @@ def test_untied_head_round_trips(tmp_path):
     check_hf_round_trip(hf, lambda m: m(IDS, POSITIONS, -1)[0], lambda h: h(IDS).logits, tmp_path)
 
 
+def test_tied_source_gives_separate_parameters():
+    """sat's GPT-2 has its own ``lm_head`` (as the original's): built from HF's tied embedding
+    it must not share storage with the word embeddings, or an optimizer step would update the
+    tensor twice."""
+    model, _ = from_hf(GPT2LMHeadModel(hf_config()))
+    head = model.get_mixin("gpt2-final").lm_head.weight
+    embeddings = model.transformer.word_embeddings.weight
+    assert torch.equal(head, embeddings) and head.data_ptr() != embeddings.data_ptr()
+
+
 def test_sat_model_trains_saves_and_reloads(tmp_path):
     args = GPT2Model.get_args(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=100, hidden_dropout=0.0)
     model = GPT2Model(args)

@@ -8,7 +8,13 @@ import sys
 
 import pytest
 import torch
-from model_checks import check_hf_round_trip, check_left_padded_batch, check_sat_model
+from model_checks import (
+    assert_recorded,
+    check_hf_round_trip,
+    check_left_padded_batch,
+    check_sat_model,
+    check_written_here_loads_in_original,
+)
 from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers import LlamaModel as HFLlamaModel
@@ -19,7 +25,6 @@ from sat.hf.mapping import StateDictMap
 from sat.model import AutoModel
 from sat.model.cached_autoregressive_model import CachedAutoregressiveMixin, KVCache
 from sat.model.official import LLaMAModel
-from sat.training.model_io import save_checkpoint
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "original_sat")
 sys.path.insert(0, FIXTURES)
@@ -140,13 +145,6 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
     check_sat_model(model, args, sat_logits, tmp_path)
 
 
-def _assert_recorded(logits: dict, path: str, atol: float = 1e-6) -> None:
-    recorded = torch.load(path, weights_only=True)
-    assert recorded.keys() == logits.keys()
-    for kind, value in recorded.items():
-        assert (logits[kind] - value).abs().max() < atol, kind
-
-
 def test_checkpoints_of_both_original_layouts_load_with_identical_outputs():
     """The original wrote the same weights twice: with rotary and the gate in its ``rotary`` and
     ``mlp`` mixins, and with the backbone options. Both load here and compute what it did."""
@@ -156,7 +154,7 @@ def test_checkpoints_of_both_original_layouts_load_with_identical_outputs():
         model, _ = AutoModel.from_pretrained(folder)
         assert isinstance(model, LLaMAModel) and list(model.mixins) == ["lm"]
         outputs[layout] = llama_logits(model)
-        _assert_recorded(outputs[layout], os.path.join(folder, "logits_by_original.pt"))
+        assert_recorded(outputs[layout], os.path.join(folder, "logits_by_original.pt"))
     for kind, value in outputs["llama_mixins"].items():
         assert torch.equal(value, outputs["llama_builtin"][kind])
 
@@ -176,15 +174,7 @@ def test_old_layout_loads_through_load_state_dict_and_matches_transformers():
 
 
 def test_checkpoint_written_here_loads_in_original(tmp_path):
-    folder = os.path.join(FIXTURES, "written_by_ours", "llama")
-    model, args = AutoModel.from_pretrained(folder)
-    _assert_recorded(llama_logits(model), os.path.join(folder, "logits_by_original.pt"))
-    args.save = str(tmp_path)
-    save_checkpoint(1, model, None, None, args)
-    written = torch.load(tmp_path / "1" / "mp_rank_00_model_states.pt", weights_only=True)["module"]
-    committed = torch.load(os.path.join(folder, "1", "mp_rank_00_model_states.pt"), weights_only=True)["module"]
-    assert list(written) == list(committed)
-    assert all(torch.equal(written[key], value) for key, value in committed.items())
+    check_written_here_loads_in_original(os.path.join(FIXTURES, "written_by_ours", "llama"), llama_logits, tmp_path)
 
 
 @pytest.mark.parametrize(

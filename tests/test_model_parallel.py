@@ -6,14 +6,13 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from distributed import run_workers
+from distributed import gathered_grads, run_workers
 
 from sat import mpu
 from sat.model import AutoModel, BaseModel
-from sat.model.official import BertModel, GPT2Model, LLaMAModel
-from sat.mpu.partition import merge_strided, partition_spec, split_strided
+from sat.model.official import BertModel, GPT2Model, LLaMAModel, T5Model
+from sat.mpu.partition import split_strided
 from sat.mpu.reshard import main as reshard_main
 from sat.training.model_io import save_checkpoint
 
@@ -21,6 +20,15 @@ pytestmark = pytest.mark.multiprocess
 
 IDS = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(0))
 POSITIONS = torch.arange(10).expand(2, 10)
+ENC_PADDING = torch.ones(2, 1, 1, 10)
+ENC_PADDING[1, ..., 7:] = 0  # T5's second source is padded
+
+
+def _logits(model: torch.nn.Module) -> torch.Tensor:
+    """The model's vocabulary logits on IDS (T5: a padded source IDS, the decoder's input its reverse)."""
+    if isinstance(model, T5Model):
+        return model(IDS, IDS.flip(1), enc_attention_mask=ENC_PADDING)[1]
+    return model(IDS, POSITIONS, -1)[0]
 
 
 def _layers_worker(rank: int, world: int) -> dict:
@@ -77,26 +85,12 @@ def test_parallel_layers_equal_full_layers():
             assert value < 1e-6, (name, value)
 
 
-def _gathered_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    grads = {}
-    world = mpu.get_model_parallel_world_size()
-    for name, param in model.named_parameters():
-        spec = partition_spec(param)
-        if spec is None:
-            grads[name] = param.grad
-            continue
-        parts = [torch.empty_like(param.grad) for _ in range(world)]
-        dist.all_gather(parts, param.grad.contiguous(), group=mpu.get_model_parallel_group())
-        grads[name] = merge_strided(parts, spec[1], spec[0])
-    return grads
-
-
 def _model_worker(rank: int, world: int, folder: str) -> dict:
     model, args = AutoModel.from_pretrained(folder, overwrite_args={"model_parallel_size": world})
     assert mpu.get_model_parallel_world_size() == world and args.model_parallel_size == world
-    logits = model(IDS, POSITIONS, -1)[0]
+    logits = _logits(model)
     logits.square().mean().backward()
-    return {"logits": logits.detach(), "grads": _gathered_grads(model)}
+    return {"logits": logits.detach(), "grads": gathered_grads(model)}
 
 
 def _tiny(model_cls, **overrides):
@@ -121,14 +115,16 @@ def _tiny(model_cls, **overrides):
         (BaseModel, dict(num_multi_query_heads=2, is_rotary_emb=True, is_gated_mlp=True)),
         (LLaMAModel, dict(num_multi_query_heads=2, use_bias=False)),
         (BertModel, dict(layernorm_order="post")),  # a replicated dense + norm before the vocabulary
+        (T5Model, dict(relative_attention_num_buckets=8)),  # v1.0: tied, scaled head
+        (T5Model, dict(gated_gelu_mlp=True, no_share_embeddings=True, dec_num_layers=3)),  # v1.1: own lm_head
     ],
-    ids=["gpt2", "gqa-rotary-gated", "llama-gqa", "bert"],
+    ids=["gpt2", "gqa-rotary-gated", "llama-gqa", "bert", "t5", "t5-v1.1"],
 )
 def test_mp2_logits_and_gradients_equal_mp1(tmp_path, model_cls, overrides):
     model, args = _tiny(model_cls, **overrides)
     args.save = str(tmp_path)
     save_checkpoint(1, model, None, None, args)
-    logits = model(IDS, POSITIONS, -1)[0]
+    logits = _logits(model)
     logits.square().mean().backward()
     results = run_workers(_model_worker, 2, str(tmp_path))
     for result in results:
@@ -180,3 +176,64 @@ def test_resharding_two_to_four(tmp_path):
     merged, _ = AutoModel.from_pretrained(str(tmp_path / "back"))
     for key, value in model.state_dict().items():
         assert torch.equal(merged.state_dict()[key], value), key
+
+
+TRAIN_STEPS = 5
+
+
+def _train_steps(model: torch.nn.Module) -> list[float]:
+    """A few AdamW steps of next-token loss on ``IDS``; the loss reads the vocabulary shards
+    (``parallel_output``) through the vocab-parallel cross entropy."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(TRAIN_STEPS):
+        logits = model(IDS, POSITIONS, -1)[0]  # [b, s, vocab / world]
+        loss = mpu.vocab_parallel_cross_entropy(logits[:, :-1].contiguous(), IDS[:, 1:]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _train_worker(rank: int, world: int, source: str, target: str) -> list[float]:
+    overwrite = {"model_parallel_size": world, "parallel_output": True, "hidden_dropout": 0.0, "attention_dropout": 0.0}
+    model, args = AutoModel.from_pretrained(source, overwrite_args=overwrite)
+    model.train()
+    losses = _train_steps(model)
+    args.save = target
+    save_checkpoint(TRAIN_STEPS, model, None, None, args)
+    return losses
+
+
+def test_hf_to_sat_mp2_training_merge_and_back_to_hf(tmp_path):
+    """The story of the seeds: a transformers GPT-2 becomes a sat model, trains at model
+    parallel 2 on 2 processes, is merged offline and exported back to transformers."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from sat.hf import from_hf, to_hf
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=96, n_positions=32, bos_token_id=0, eos_token_id=0)
+    hf = GPT2LMHeadModel(config)
+    model, args = from_hf(hf, hidden_dropout=0.0, attention_dropout=0.0)
+    args.save = str(tmp_path / "sat")
+    save_checkpoint(1, model, None, None, args)
+
+    mp2_losses = run_workers(_train_worker, 2, str(tmp_path / "sat"), str(tmp_path / "mp2"))
+    assert mp2_losses[0] == mp2_losses[1]  # both ranks see the whole loss
+    model.train()
+    model.transformer.parallel_output = True  # the same loss path as the workers, at size 1
+    mp1_losses = _train_steps(model)
+    assert max(abs(a - b) for a, b in zip(mp2_losses[0], mp1_losses)) < 1e-5
+    assert mp2_losses[0][-1] < mp2_losses[0][0]
+
+    reshard_main([str(tmp_path / "mp2"), str(tmp_path / "merged"), "--model-parallel-size", "1"])
+    merged, _ = AutoModel.from_pretrained(str(tmp_path / "merged"))
+    exported = to_hf(merged).eval()
+    with torch.no_grad():
+        sat_logits = merged(IDS, POSITIONS, -1)[0]
+        hf_logits = exported(IDS).logits
+        before = hf(IDS).logits
+    assert (sat_logits - hf_logits).abs().max() < 1e-5
+    assert (hf_logits - before).abs().max() > 1e-2  # the export carries the trained weights

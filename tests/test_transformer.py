@@ -91,6 +91,23 @@ def test_partial_rotary_leaves_other_channels():
     assert (pairs(q2) - pairs(q)).abs().max() < 1e-5
 
 
+def test_rotary_cos_sin_computed_once_per_positions():
+    from sat.model.position_embedding import RotaryEmbedding
+
+    rope = RotaryEmbedding(8)
+    positions = torch.arange(6).unsqueeze(0)
+    first = rope.cos_sin(positions, torch.float32)
+    assert rope.cos_sin(positions, torch.float32)[0] is first[0]  # the next layer reuses them
+    positions.add_(1)  # changed in place: recomputed
+    moved = rope.cos_sin(positions, torch.float32)
+    assert torch.equal(moved[0], rope.cos_sin(torch.arange(1, 7).unsqueeze(0), torch.float32)[0])
+    assert not torch.equal(moved[0], first[0])
+    assert rope.cos_sin(positions, torch.bfloat16)[0].dtype == torch.bfloat16
+    with torch.inference_mode():  # inference tensors keep no version counter: no reuse
+        frozen = torch.arange(6)
+        assert torch.equal(rope.cos_sin(frozen, torch.float32)[0], first[0])
+
+
 def test_mixture_of_experts_default_routing_averages_experts(tiny_args, tokens):
     ids, pos = tokens
     moe = BaseModel(tiny_args(num_experts=3)).eval()

@@ -1,5 +1,5 @@
 """Generation: ``filling_sequence`` (one prompt, several samples or beams), batched generation
-over different prompts, and the token-choice strategies."""
+over different prompts, encoder-decoder generation (T5), and the token-choice strategies."""
 
 from sat.generation.autoregressive_sampling import (
     evaluate_perplexity,
@@ -9,12 +9,14 @@ from sat.generation.autoregressive_sampling import (
     update_mems,
 )
 from sat.generation.batch_generation import batch_filling_sequence
+from sat.generation.encoder_decoder import encoder_decoder_filling_sequence
 from sat.generation.sampling_strategies import BaseStrategy, BeamSearchStrategy
 
 __all__ = [
     "BaseStrategy",
     "BeamSearchStrategy",
     "batch_filling_sequence",
+    "encoder_decoder_filling_sequence",
     "evaluate_perplexity",
     "filling_sequence",
     "get_masks_and_position_ids_default",

@@ -103,7 +103,9 @@ def from_hf(source, **overrides) -> tuple[torch.nn.Module, argparse.Namespace]:
 
     Args:
         source: an HF model directory (``config.json`` + safetensors) or an in-memory
-            ``transformers`` model.
+            ``transformers`` model. Weights are not copied where the layouts agree: the sat
+            model shares those tensors with an in-memory source (training one changes the
+            other; translate a ``copy.deepcopy`` to keep them apart).
         overrides: sat arguments to set on top of the translated configuration
             (``bf16=True``, ``checkpoint_activations=True``...).
     Returns:

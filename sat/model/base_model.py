@@ -111,7 +111,11 @@ class BaseModel(torch.nn.Module, metaclass=MetaModel):
             self.collect_hooks_()
             raise
         if reinit:
-            new_mixin.reinit(self)
+            try:
+                new_mixin.reinit(self)
+            except Exception:
+                self.del_mixin(name)  # leave the model as it was
+                raise
 
     def del_mixin(self, name: str) -> BaseMixin:
         """Remove mixin ``name`` (and its hooks); returns it."""

@@ -2,6 +2,26 @@
 
 from sat.model.base_model import BaseMixin
 from sat.model.cached_autoregressive_model import CachedAutoregressiveMixin
-from sat.model.finetune import MLPHeadMixin
+from sat.model.finetune import (
+    AdapterMixin,
+    FFADDMixin,
+    LoRAMixin,
+    LoraMixin,
+    MLPHeadMixin,
+    PrefixTuningMixin,
+    PromptTuningMixin,
+    PTuningV2Mixin,
+)
 
-__all__ = ["BaseMixin", "CachedAutoregressiveMixin", "MLPHeadMixin"]
+__all__ = [
+    "AdapterMixin",
+    "BaseMixin",
+    "CachedAutoregressiveMixin",
+    "FFADDMixin",
+    "LoRAMixin",
+    "LoraMixin",
+    "MLPHeadMixin",
+    "PTuningV2Mixin",
+    "PrefixTuningMixin",
+    "PromptTuningMixin",
+]

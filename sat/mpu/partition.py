@@ -18,7 +18,8 @@ from sat.mpu.utils import divide
 Stride = int | Sequence[int]
 
 
-def _block_sizes(total: int, stride: Stride) -> list[int]:
+def block_sizes(total: int, stride: Stride) -> list[int]:
+    """The sizes of the blocks of a fused dimension of size ``total`` laid out by ``stride``."""
     ratios = [1] * stride if isinstance(stride, int) else list(stride)
     factor = divide(total, sum(ratios))
     return [factor * ratio for ratio in ratios]
@@ -26,7 +27,7 @@ def _block_sizes(total: int, stride: Stride) -> list[int]:
 
 def split_strided(full: torch.Tensor, num_partitions: int, stride: Stride = 1, dim: int = 0) -> list[torch.Tensor]:
     """The ``num_partitions`` shards of ``full`` along ``dim`` (see the module docstring)."""
-    blocks = torch.split(full, _block_sizes(full.size(dim), stride), dim=dim)
+    blocks = torch.split(full, block_sizes(full.size(dim), stride), dim=dim)
     per_block = [torch.chunk(block, num_partitions, dim=dim) for block in blocks]
     for block, parts in zip(blocks, per_block):
         if len(parts) != num_partitions or block.size(dim) % num_partitions:
@@ -39,7 +40,7 @@ def split_strided(full: torch.Tensor, num_partitions: int, stride: Stride = 1, d
 
 def merge_strided(shards: Sequence[torch.Tensor], stride: Stride = 1, dim: int = 0) -> torch.Tensor:
     """Inverse of :func:`split_strided`: rebuild the full tensor from every rank's shard."""
-    per_shard = [torch.split(shard, _block_sizes(shard.size(dim), stride), dim=dim) for shard in shards]
+    per_shard = [torch.split(shard, block_sizes(shard.size(dim), stride), dim=dim) for shard in shards]
     num_blocks = len(per_shard[0])
     return torch.cat([torch.cat([blocks[b] for blocks in per_shard], dim=dim) for b in range(num_blocks)], dim=dim)
 

@@ -196,11 +196,12 @@ def extract_model_specific_args_to_dump(args, model: torch.nn.Module) -> dict:
             value = mpu.get_model_parallel_world_size()
         if value is not None:
             to_dump[name] = value
-    if transformer is not None:
-        for name, default in _OPTIONAL_ARCH_ARGS:
-            value = getattr(transformer, name, default)
-            if value != default:
-                to_dump[name] = value
+    # A model without a backbone of its own (EncoderDecoderModel) is built from args alone.
+    source = transformer if transformer is not None else args
+    for name, default in _OPTIONAL_ARCH_ARGS:
+        value = getattr(source, name, default)
+        if value != default:
+            to_dump[name] = value
     to_dump.update(extract_model_specific_args_from_model(args, module))
     return {key: value for key, value in to_dump.items() if _json_safe(key, value)}
 
@@ -402,13 +403,22 @@ def _set_tensor(owner: torch.nn.Module, name: str, value: torch.Tensor) -> None:
 
 def _assign_meta(module: torch.nn.Module, state: Mapping, keys: list[str], device: torch.device) -> None:
     """Put checkpoint tensors in place of ``meta`` parameters (no copy when dtype and device
-    already match), keeping each parameter's flags and any sharing between modules."""
+    already match), keeping each parameter's flags and any sharing between modules.
+
+    Two parameters the model keeps apart never end up on one storage, even where the source
+    held one tensor for both (a tied HF embedding and sat's own ``lm_head``): the second gets a
+    copy, so training updates them separately, as it would after a save and reload.
+    """
     replaced: dict[int, torch.Tensor] = {}
+    storages: set[int] = set()
     for key in keys:
         owner, name = _locate(module, key)
         old = _tensor_at(module, key)
         if id(old) not in replaced:
             tensor = state[key].to(device=device, dtype=old.dtype)
+            if tensor.numel() and tensor.data_ptr() in storages:
+                tensor = tensor.clone()
+            storages.add(tensor.data_ptr())
             if isinstance(old, torch.nn.Parameter):
                 new = torch.nn.Parameter(tensor, requires_grad=old.requires_grad)
                 new.__dict__.update(old.__dict__)  # model_parallel and similar flags
@@ -482,14 +492,21 @@ def load_state_dict_into(
     return missing, unexpected
 
 
-def _mixin_names(keys: list[str]) -> list[str]:
+def _owning_mixin(module: torch.nn.Module, key: str) -> str | None:
+    """The mixin a parameter belongs to: ``<name>`` in ``mixins.<name>.*``, or the
+    ``mixin_name`` a tensor carries (mixins such as LoRA keep parameters inside the backbone)."""
+    parts = key.split(".")
+    if "mixins" in parts:
+        return parts[parts.index("mixins") + 1]
+    return getattr(_tensor_at(module, key), "mixin_name", None)
+
+
+def _mixin_names(module: torch.nn.Module, keys: list[str]) -> list[str]:
     names = []
     for key in keys:
-        parts = key.split(".")
-        if "mixins" in parts:
-            name = parts[parts.index("mixins") + 1]
-            if name not in names:
-                names.append(name)
+        name = _owning_mixin(module, key)
+        if name is not None and name not in names:
+            names.append(name)
     return names
 
 
@@ -604,6 +621,9 @@ def _read_for_this_rank(path: str, module: torch.nn.Module, prefix: str) -> tupl
     if prefix and not states[0]:
         raise CheckpointError(f"no key of {path} starts with prefix {prefix!r}")
     if saved != current:
+        # Renamed first (a LoRA-wrapped layer takes a plain layer's weight): resharding finds
+        # each parameter's layout under the model's own names.
+        states = [_apply_load_pre_hooks(module, state) for state in states]
         states = [reshard_state(states, partition_specs(module), current, mpu.get_model_parallel_rank())]
     return sources[0], states[0]
 
@@ -630,7 +650,7 @@ def _handle_missing(module, missing: list[str], mode: str, args, path: str, devi
             )
         print_rank0(f"force_inference: initialising weights missing from {path}: {missing}", level="WARNING")
     elif not getattr(args, "force_train", False):
-        unknown = [key for key in missing if "mixins" not in key and "cross_attention" not in key]
+        unknown = [key for key in missing if _owning_mixin(module, key) is None and "cross_attention" not in key]
         if unknown or mode != "finetune":
             raise CheckpointError(
                 f"{path} lacks weights {unknown or missing}. In --mode finetune only mixin and cross-attention "
@@ -639,7 +659,7 @@ def _handle_missing(module, missing: list[str], mode: str, args, path: str, devi
     meta_missing = [key for key in missing if _tensor_at(module, key).is_meta]
     _materialize_missing(module, meta_missing, device)
     if mode != "inference" and hasattr(module, "reinit"):
-        module.reinit(_mixin_names(missing))
+        module.reinit(_mixin_names(module, missing))
 
 
 # ----------------------------------------------------------------------------- resuming training

@@ -5,6 +5,7 @@ from sat.model.official.glm_model import GLMModel
 from sat.model.official.gpt2_model import GPT2Model
 from sat.model.official.llama_model import LLaMAModel
 from sat.model.official.roberta_model import RobertaModel
+from sat.model.official.t5_model import T5Model
 from sat.model.official.vit_model import ViTModel
 
-__all__ = ["BertModel", "GLMModel", "GPT2Model", "LLaMAModel", "RobertaModel", "ViTModel"]
+__all__ = ["BertModel", "GLMModel", "GPT2Model", "LLaMAModel", "RobertaModel", "T5Model", "ViTModel"]

@@ -10,12 +10,27 @@ import torch
 
 
 def rotate_with(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``2 * cos.shape[-1]`` channels of ``x [..., hn]`` in halves (the
-    GPT-NeoX/LLaMA layout); the remaining channels pass through."""
-    rot = 2 * cos.shape[-1]
-    x1, x2, rest = x[..., : rot // 2], x[..., rot // 2 : rot], x[..., rot:]
-    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
+    """Rotate the first ``cos.shape[-1]`` channels of ``x [..., hn]`` in halves (the
+    GPT-NeoX/LLaMA layout: channel ``i`` pairs with ``i + rot / 2``); the rest pass through.
+    ``cos``/``sin`` hold each frequency twice, ``[..., rot]``."""
+    rot = cos.shape[-1]
+    x_rot = x if rot == x.shape[-1] else x[..., :rot]
+    x1, x2 = x_rot.chunk(2, dim=-1)
+    rotated = x_rot * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return rotated if rot == x.shape[-1] else torch.cat((rotated, x[..., rot:]), dim=-1)
+
+
+def _cache_key(position_ids: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple | None:
+    """What ``cos``/``sin`` depend on: the very tensors (and their in-place version counters)
+    and the dtype; ``None`` where a tensor keeps no version counter (inference mode)."""
+    try:
+        return (position_ids, position_ids._version, inv_freq, inv_freq._version, dtype)
+    except RuntimeError:
+        return None
+
+
+def _same_key(a: tuple, b: tuple) -> bool:
+    return a[0] is b[0] and a[1] == b[1] and a[2] is b[2] and a[3] == b[3] and a[4] == b[4]
 
 
 class RotaryEmbedding(torch.nn.Module):
@@ -29,6 +44,8 @@ class RotaryEmbedding(torch.nn.Module):
         self.dim = dim
         self.base = base
         self.register_buffer("inv_freq", self._inv_freq(device))
+        # Every layer rotates by the same position_ids in one forward: compute cos/sin once.
+        self._cached: tuple | None = None
 
     def _inv_freq(self, device=None) -> torch.Tensor:
         return 1.0 / (self.base ** (torch.arange(0, self.dim, 2, dtype=torch.float32, device=device) / self.dim))
@@ -37,14 +54,19 @@ class RotaryEmbedding(torch.nn.Module):
         self.inv_freq = self._inv_freq(self.inv_freq.device)
 
     def cos_sin(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """``cos, sin`` of shape ``[b or 1, 1, s, dim / 2]`` for ``position_ids [b, s]`` or ``[s]``."""
-        if position_ids.dim() == 1:
-            position_ids = position_ids.unsqueeze(0)
+        """``cos, sin`` of shape ``[b or 1, 1, s, dim]`` (each frequency twice, as ``rotate_with``
+        takes them) for ``position_ids [b, s]`` or ``[s]``."""
+        key = _cache_key(position_ids, self.inv_freq, dtype)
+        if key is not None and self._cached is not None and _same_key(self._cached[0], key):
+            return self._cached[1]
+        positions = position_ids.unsqueeze(0) if position_ids.dim() == 1 else position_ids
         # Recompute rather than upcast when the model was cast to half precision.
-        inv_freq = self.inv_freq if self.inv_freq.dtype == torch.float32 else self._inv_freq(position_ids.device)
-        freqs = position_ids.to(torch.float32).unsqueeze(-1) * inv_freq  # [b, s, dim / 2]
-        freqs = freqs.unsqueeze(1)  # [b, 1, s, dim / 2]
-        return freqs.cos().to(dtype), freqs.sin().to(dtype)
+        inv_freq = self.inv_freq if self.inv_freq.dtype == torch.float32 else self._inv_freq(positions.device)
+        freqs = positions.to(torch.float32).unsqueeze(-1) * inv_freq  # [b, s, dim / 2]
+        freqs = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # [b, 1, s, dim]
+        cos_sin = freqs.cos().to(dtype), freqs.sin().to(dtype)
+        self._cached = (key, cos_sin) if key is not None else None
+        return cos_sin
 
     def forward(
         self,
