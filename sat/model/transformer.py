@@ -566,6 +566,9 @@ class BaseTransformer(torch.nn.Module):
             self.position_embeddings = RotaryEmbedding(head_size, base=rotary_base, device=device)
         else:
             weight = torch.empty(max_sequence_length, hidden_size, dtype=params_dtype, device=param_device)
+            # The draw nn.Embedding's own initialisation makes, kept so that a seed gives the same
+            # weights as ever (and as the original library, which also drew twice).
+            torch.nn.init.normal_(weight)
             if not skip_init:
                 torch.nn.init.normal_(weight, mean=0.0, std=init_method_std)
             # Initialised before the module takes it: under ZeRO-3 (deepspeed.zero.Init) a module's
