@@ -10,6 +10,7 @@ and their outputs are checked to be identical.
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 from common import add_device_args, emit, interleaved, markdown_table, resolve_dtype
@@ -54,7 +55,7 @@ def main() -> None:
         p = dict(PRESETS[args.preset], seq=PROMPT_LENGTH + max(args.new_tokens))
         torch.manual_seed(0)
         hf = build_hf(family, p).to(args.device, dtype).eval()
-        model, _ = from_hf(hf)
+        model, _ = from_hf(copy.deepcopy(hf))  # its own weights, as a separately loaded model has
         model = model.to(args.device, dtype).eval()
         model.add_mixin("auto-regressive", CachedAutoregressiveMixin())
         prompt = torch.randint(2, p["vocab"], (PROMPT_LENGTH,), device=args.device)

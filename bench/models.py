@@ -11,6 +11,7 @@ Training step = forward, cross-entropy, backward, AdamW step.
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,7 @@ def measure(family: str, preset: str, args, dtype: torch.dtype) -> list[list[str
     p = PRESETS[preset]
     torch.manual_seed(0)
     hf = build_hf(family, p).to(args.device, dtype)
-    sat_model, _ = from_hf(hf)
+    sat_model, _ = from_hf(copy.deepcopy(hf))  # own weights: both train, neither sees the other's steps
     sat_model = sat_model.to(args.device, dtype)
     ids = torch.randint(0, p["vocab"], (p["batch"], p["seq"]), device=args.device)
     positions = torch.arange(p["seq"], device=args.device).expand_as(ids)
