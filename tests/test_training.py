@@ -121,7 +121,7 @@ def _expected_files(stage: int, precision: str) -> set[str]:
 @pytest.mark.multiprocess
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("stage", [0, 1, 2])
 def test_zero_stage_trains_checkpoints_and_reloads(tmp_path_factory, stage, precision):
     results, checkpoint = reference_run(tmp_path_factory, stage, precision)
     rank0, rank1 = results
@@ -303,8 +303,9 @@ def test_epochs_evaluation_and_exit_interval(tmp_path):
 # ----------------------------------------------------------------------------- model parallel
 @pytest.mark.multiprocess
 @pytest.mark.slow
-def test_model_parallel_training_follows_the_single_process_losses_zero1(tmp_path):
-    """20 iterations at model parallel 2 (2 processes, ZeRO 1) against 1 process: the same
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_model_parallel_training_follows_the_single_process_losses(tmp_path, stage):
+    """20 iterations at model parallel 2 (2 processes, ZeRO ``stage``) against 1 process: the same
     initial weights (drawn whole, then sharded) and data, so the same loss at every step; the
     merged final weights equal the single process's (within 1e-5)."""
     from sat.model import AutoModel
@@ -312,7 +313,7 @@ def test_model_parallel_training_follows_the_single_process_losses_zero1(tmp_pat
 
     argv = [
         *ARGV, "--hidden-dropout", "0", "--attention-dropout", "0", "--gradient-accumulation-steps", "1",
-        "--train-iters", "20", "--save-interval", "20", "--zero-stage", "1",
+        "--train-iters", "20", "--save-interval", "20", "--zero-stage", str(stage),
     ]  # fmt: skip
     single = launch(str(tmp_path / "mp1"), 1, [*argv, "--save", str(tmp_path / "mp1" / "save")])[0]
     parallel = launch(
