@@ -26,6 +26,7 @@ def check_hf_round_trip(hf_model, sat_forward: Forward, hf_forward: Forward, tmp
         expected = hf_forward(hf_model)
         difference = (sat_forward(model) - expected).abs().max().item()
     assert difference <= atol, difference
+    print(f"parity {type(hf_model).__name__} ({hf_model.config.model_type}): max abs difference {difference:.2e}")
 
     back = to_hf(model)
     original = hf_model.state_dict()
