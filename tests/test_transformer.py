@@ -303,6 +303,22 @@ def test_causal_with_more_keys_than_queries_aligns_to_the_end():
     assert (sdpa_attention(q, k, v, "causal") - standard_attention(q, k, v, mask)).abs().max() < 1e-6
 
 
+def test_sdpa_runs_the_fused_kernel_for_a_query_without_unit_last_stride():
+    from torch.profiler import profile
+
+    from sat.ops.attention import sdpa_attention
+
+    # The layout rotary produces at one decoding position with batch 8: batch is innermost.
+    q = torch.randn(4, 1, 64, 8).permute(3, 0, 1, 2)  # [8, 4, 1, 64], strides (1, 512, 2048, 8)
+    k, v = torch.randn(2, 8, 2, 9, 64).unbind(0)
+    with profile() as prof:
+        out = sdpa_attention(q, k, v, "causal")
+    kernels = {event.key for event in prof.key_averages()}
+    assert "aten::_scaled_dot_product_attention_math" not in kernels
+    expected = standard_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), torch.ones(1, 9))
+    assert (out - expected).abs().max() < 1e-6
+
+
 def test_model_sdpa_equals_eager_in_training_mode(tiny_args, tokens):
     ids, pos = tokens
     model = BaseModel(tiny_args(num_multi_query_heads=2)).train()

@@ -99,6 +99,12 @@ def sdpa_attention(
     A causal mask with more keys than queries (cached decoding, prefixes) is aligned to the
     last query: query ``i`` sees keys ``j <= i + sk - sq``.
     """
+    # The fused kernels need unit stride in the last dimension; elementwise ops on broadcast
+    # views (rotary at a single position with batch > 1) can return other layouts, which
+    # would silently fall back to the slow math kernel.
+    query_layer, key_layer, value_layer = (
+        t if t.stride(-1) == 1 else t.contiguous() for t in (query_layer, key_layer, value_layer)
+    )
     sq, sk = query_layer.shape[-2], key_layer.shape[-2]
     mask, is_causal = None, False
     if kind == CAUSAL and sq > 1:
