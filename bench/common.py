@@ -13,7 +13,7 @@ import torch
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="default: fp32 on CPU, bf16 on CUDA")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each side (interleaved)")
+    parser.add_argument("--repeats", type=int, default=6, help="timed runs of each side (interleaved, even is fair)")
     parser.add_argument("--output", default=None, help="also write the markdown table to this file")
 
 
@@ -28,14 +28,16 @@ def synchronize(device: str) -> None:
 
 
 def interleaved(runs: dict[str, Callable[[], object]], repeats: int, device: str, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of each callable, run in turn (A B A B ...) so that load on a shared
-    machine affects all sides alike."""
+    """Median seconds of each callable, run in turn so that load on a shared machine affects
+    all sides alike. The order alternates (A B, B A, A B...): on a CPU the side that runs
+    first in a pair was measured up to 20% slower, whichever it was (allocator state)."""
     for fn in runs.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
+    for repeat in range(repeats):
+        order = list(runs.items()) if repeat % 2 == 0 else list(reversed(runs.items()))
+        for name, fn in order:
             synchronize(device)
             start = time.perf_counter()
             fn()

@@ -62,6 +62,31 @@ def test_tied_source_gives_separate_parameters():
     assert torch.equal(head, embeddings) and head.data_ptr() != embeddings.data_ptr()
 
 
+def test_conv1d_weights_are_used_in_place_and_train_save_reload(tmp_path):
+    """Conv1D's ``[in, out]`` weights become sat's ``[out, in]`` parameters as transposed views
+    (no copy); such a model trains like one with contiguous weights, decodes, saves and reloads."""
+    hf = GPT2LMHeadModel(hf_config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    model, args = from_hf(hf)
+    qkv = model.transformer.layers[0].attention.query_key_value.weight
+    assert qkv.data_ptr() == hf.transformer.h[0].attn.c_attn.weight.data_ptr() and qkv.stride() == (1, 96)
+    contiguous = GPT2Model(args)
+    contiguous.load_state_dict(model.state_dict())
+    assert contiguous.transformer.layers[0].attention.query_key_value.weight.is_contiguous()
+    for m in (model, contiguous):
+        optimizer = torch.optim.AdamW(m.parameters(), lr=1e-2)
+        for _ in range(3):
+            optimizer.zero_grad()
+            m(IDS, POSITIONS, -1)[0].logsumexp(-1).mean().backward()
+            optimizer.step()
+    with torch.no_grad():
+        expected = model.eval()(IDS, POSITIONS, -1)[0]
+        assert (expected - contiguous.eval()(IDS, POSITIONS, -1)[0]).abs().max() < 1e-5
+        for batch in (1, 2):  # one-token inputs: the shapes of decoding
+            got = model(IDS[:batch, :1], POSITIONS[:batch, :1], -1)[0]
+            assert (got - expected[:batch, :1]).abs().max() < 1e-5
+    check_sat_model(model, args, lambda m: m(IDS, POSITIONS, -1)[0], tmp_path)
+
+
 def test_sat_model_trains_saves_and_reloads(tmp_path):
     args = GPT2Model.get_args(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=100, hidden_dropout=0.0)
     model = GPT2Model(args)

@@ -46,8 +46,10 @@ class Transform:
 
 
 IDENTITY = Transform("identity", lambda ts, ctx: ts[0], lambda t, ctx: [t])
-# GPT-2's Conv1D stores weights as [in, out]; sat's linear layers as [out, in].
-TRANSPOSE = Transform("transpose", lambda ts, ctx: ts[0].t().contiguous(), lambda t, ctx: [t.t().contiguous()])
+# GPT-2's Conv1D stores weights as [in, out]; sat's linear layers as [out, in]. The sat side
+# is a transposed view: no copy, and Conv1D's memory layout, which on CPU makes the
+# matrix-vector products of decoding faster (bench/README.md).
+TRANSPOSE = Transform("transpose", lambda ts, ctx: ts[0].t(), lambda t, ctx: [t.t().contiguous()])
 
 
 def concat(sizes: Callable[[dict], Sequence[int]], name: str = "concat") -> Transform:

@@ -3,7 +3,9 @@
 On CPU, BLAS computes ``x @ W^T`` for an ``x`` of a few rows (decoding, small batches) up to 4x
 slower than the same product as ``(W @ x^T)^T``, measured with torch 2.13 (bench/linear.py).
 The result is identical up to float rounding, and is returned as a transposed view, which every
-following op accepts.
+following op accepts. A weight stored column-major (a transposed view of ``[in, out]`` memory,
+as GPT-2 converted from ``transformers`` keeps it) takes ``F.linear``, already the fast order
+for that layout.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ _MAX_ROWS = 128  # beyond this both routes run at the same speed
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x [..., in] @ weight[out, in]^T + bias`` -> ``[..., out]``."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if x.device.type != "cpu" or x.dtype != torch.float32 or not 0 < rows <= _MAX_ROWS:
+    row_major = weight.stride(-1) == 1
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not row_major or not 0 < rows <= _MAX_ROWS:
         return F.linear(x, weight, bias)
     out = (weight @ x.reshape(rows, x.shape[-1]).t()).t()  # [rows, out], column-major
     if bias is not None:

@@ -1,0 +1,47 @@
+"""The benchmark scripts in bench/ run end to end (tiny settings) and report what they claim:
+a table with a ratio per row, and identical tokens from sat and transformers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_bench(script: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, script, *args], cwd=os.path.join(ROOT, "bench"), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def table_rows(output: str) -> list[list[str]]:
+    lines = [line for line in output.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+
+
+def test_models_bench_reports_forward_and_train_step_ratios():
+    rows = table_rows(run_bench("models.py", "--families", "gpt2", "llama", "--presets", "small", "--repeats", "2"))
+    assert [(row[0], row[2]) for row in rows] == [
+        ("gpt2", "forward"),
+        ("gpt2", "train step"),
+        ("llama", "forward"),
+        ("llama", "train step"),
+    ]
+    for row in rows:
+        assert float(row[5]) > 0
+
+
+def test_generation_bench_gives_identical_tokens():
+    args = ("--preset", "small", "--new-tokens", "8", "--batch", "1", "3", "--repeats", "2")
+    rows = table_rows(run_bench("generation.py", *args))
+    assert [(row[0], row[2]) for row in rows] == [("gpt2", "1"), ("gpt2", "3"), ("llama", "1"), ("llama", "3")]
+    assert all(row[-1] == "True" for row in rows)
+
+
+def test_linear_bench_covers_both_layouts():
+    rows = table_rows(run_bench("linear.py", "--rows", "1", "8", "--repeats", "1"))
+    assert [row[0] for row in rows] == ["1", "8"] and all(len(row) == 5 for row in rows)
