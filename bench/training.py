@@ -1,14 +1,14 @@
 """Training-loop overhead: ``training_main`` (DeepSpeed engine, ZeRO 0) vs a plain PyTorch loop.
 
-    python bench/training.py [--preset small] [--batch 2] [--seq 128] [--iters 8] [--repeats 3]
+    python bench/training.py [--preset small] [--batch 2] [--seq 128] [--iters 8] [--repeats 4]
 
 Both sides train the same GPT-2 (same initial weights, same batches, dropout off) with AdamW
 and gradient clipping 1.0, in one process (``training_main`` needs no launcher). Each run
 times its iterations after ``--warmup`` ones, from the start of one forward step to the start
 of the next, so ``training_main``'s set-up (DeepSpeed initialisation, data loaders) is not
 counted but everything it does per iteration is: the engine's backward and step, logging
-all-reduces, the LR schedule, timers and log lines. Runs alternate (plain, sat, plain, sat...)
-so load on a shared machine hits both; the table gives medians.
+all-reduces, the LR schedule, timers and log lines. Runs alternate (plain, sat, sat, plain...)
+so load on a shared machine, and being first in a pair, hit both; the table gives medians.
 
 ``transformers.Trainer`` with the same DeepSpeed config is not the peer here: on a CPU-only
 machine it needs ``accelerate``'s DeepSpeed plugin and a launcher, and would measure
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
     parser.add_argument("--iters", type=int, default=8, help="iterations per run, warm-up included")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating")
+    parser.add_argument("--repeats", type=int, default=4, help="runs of each side, alternating (even is fair)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
@@ -144,8 +144,9 @@ def main() -> None:
     params = sum(v.numel() for v in state.values())
 
     times: dict[str, list[float]] = {"plain PyTorch loop": [], "sat training_main": []}
+    sides = [("plain PyTorch loop", run_plain), ("sat training_main", run_sat)]
     for repeat in range(options.repeats):
-        for name, run in (("plain PyTorch loop", run_plain), ("sat training_main", run_sat)):
+        for name, run in sides if repeat % 2 == 0 else sides[::-1]:
             starts: list[float] = []
             run(p, options.iters, state, starts)
             times[name].append(per_iteration(starts, options.warmup))
