@@ -143,8 +143,8 @@ def main() -> None:
     ).state_dict()
     params = sum(v.numel() for v in state.values())
 
-    times: dict[str, list[float]] = {"plain PyTorch loop": [], "sat training_main": []}
     sides = [("plain PyTorch loop", run_plain), ("sat training_main", run_sat)]
+    times: dict[str, list[float]] = {name: [] for name, _ in sides}
     for repeat in range(options.repeats):
         for name, run in sides if repeat % 2 == 0 else sides[::-1]:
             starts: list[float] = []

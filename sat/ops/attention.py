@@ -99,9 +99,9 @@ def sdpa_attention(
     A causal mask with more keys than queries (cached decoding, prefixes) is aligned to the
     last query: query ``i`` sees keys ``j <= i + sk - sq``.
     """
-    # The fused kernels need unit stride in the last dimension; elementwise ops on broadcast
-    # views (rotary at a single position with batch > 1) can return other layouts, which
-    # would silently fall back to the slow math kernel.
+    # The fused kernels need unit stride in the last dimension, or SDPA silently falls back
+    # to the slow math kernel. Decoding breaks it: sat.ops.linear returns few-row products
+    # column-major, and the heads split from them (rotated or not) keep that layout.
     query_layer, key_layer, value_layer = (
         t if t.stride(-1) == 1 else t.contiguous() for t in (query_layer, key_layer, value_layer)
     )

@@ -3,9 +3,9 @@
 On CPU, BLAS computes ``x @ W^T`` for an ``x`` of a few rows (decoding, small batches) up to 4x
 slower than the same product as ``(W @ x^T)^T``, measured with torch 2.13 (bench/linear.py).
 The result is identical up to float rounding, and is returned as a transposed view, which every
-following op accepts. A weight stored column-major (a transposed view of ``[in, out]`` memory,
-as GPT-2 converted from ``transformers`` keeps it) takes ``F.linear``, already the fast order
-for that layout.
+following op accepts (``sdpa_attention`` makes its inputs unit-stride for the fused kernels).
+A weight stored column-major (a transposed view of ``[in, out]`` memory, as GPT-2 converted from
+``transformers`` keeps it) takes ``F.linear``, already the fast order for that layout.
 """
 
 from __future__ import annotations
