@@ -13,7 +13,7 @@ import argparse
 import copy
 
 import torch
-from common import add_device_args, emit, interleaved, markdown_table, resolve_dtype
+from common import add_device_args, describe_setting, emit, interleaved, markdown_table, resolve_dtype, steady_malloc
 from models import PRESETS, build_hf
 
 from sat.generation import BaseStrategy, filling_sequence
@@ -50,6 +50,7 @@ def main() -> None:
     add_device_args(parser)
     args = parser.parse_args()
     dtype = resolve_dtype(args)
+    allocator = steady_malloc(args)  # before the models' memory is allocated
     rows = []
     for family in args.families:
         p = dict(PRESETS[args.preset], seq=PROMPT_LENGTH + max(args.new_tokens))
@@ -66,7 +67,7 @@ def main() -> None:
                     [family, new, batch, f"{sat_rate:.1f}", f"{hf_rate:.1f}", f"{sat_rate / hf_rate:.2f}", same]
                 )
     params = sum(x.numel() for x in hf.parameters()) / 1e6
-    device = f"{args.device}, {str(dtype).replace('torch.', '')}, torch {torch.__version__}"
+    device = describe_setting(args, dtype, allocator)
     headers = ["family", "new tokens", "batch", "sat tok/s", "transformers tok/s", "sat / transformers", "same tokens"]
     note = f"{args.preset} preset ({params:.0f}M params, last family), prompt {PROMPT_LENGTH} tokens; {device}"
     emit(f"{markdown_table(headers, rows)}\n\n{note}; medians of {args.repeats} interleaved runs.", args.output)

@@ -15,7 +15,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from common import add_device_args, emit, interleaved, markdown_table, resolve_dtype
+from common import add_device_args, describe_setting, emit, interleaved, markdown_table, resolve_dtype, steady_malloc
 
 from sat.hf import from_hf
 
@@ -102,8 +102,9 @@ def main() -> None:
     add_device_args(parser)
     args = parser.parse_args()
     dtype = resolve_dtype(args)
+    allocator = steady_malloc(args)  # before the models' memory is allocated
     rows = [row for family in args.families for preset in args.presets for row in measure(family, preset, args, dtype)]
-    device = f"{args.device}, {str(dtype).replace('torch.', '')}, torch {torch.__version__}"
+    device = describe_setting(args, dtype, allocator)
     table = markdown_table(["family", "preset", "what", "sat ms", "transformers ms", "sat / transformers"], rows)
     emit(f"{table}\n\n{device}; medians of {args.repeats} interleaved runs.", args.output)
 

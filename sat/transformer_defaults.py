@@ -154,6 +154,14 @@ def routing_forward_default(self, hidden_states: torch.Tensor, **kw_args) -> tup
     return weights, experts
 
 
+def _gate(activated: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
+    """``activated * linear``. Where autograd keeps neither, the product overwrites
+    ``activated`` (the activation's fresh output): one ``[..., 4h]`` tensor less per layer."""
+    if activated.requires_grad or linear.requires_grad or activated.dtype != linear.dtype:
+        return activated * linear
+    return activated.mul_(linear)
+
+
 def mlp_forward_default(self, hidden_states: torch.Tensor, expert_id: int = -1, **kw_args) -> torch.Tensor:
     """MLP of layer ``layer_id``: ``[..., h]`` -> ``[..., h]``.
 
@@ -167,9 +175,8 @@ def mlp_forward_default(self, hidden_states: torch.Tensor, expert_id: int = -1, 
         suffix = f"_{expert_id}" if expert_id > 0 else ""
         intermediate = getattr(mlp, "dense_h_to_4h" + suffix)(hidden_states)  # [..., 4h / mp]
         if mlp.is_gated_mlp:
-            intermediate = (
-                mlp.activation_func(getattr(mlp, "dense_h_to_4h_gate" + suffix)(hidden_states)) * intermediate
-            )
+            gate = mlp.activation_func(getattr(mlp, "dense_h_to_4h_gate" + suffix)(hidden_states))  # [..., 4h / mp]
+            intermediate = _gate(gate, intermediate)
         else:
             intermediate = mlp.activation_func(intermediate)
         return getattr(mlp, "dense_4h_to_h" + suffix)(intermediate)

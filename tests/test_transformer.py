@@ -54,6 +54,20 @@ def _check_backward(model, ids, pos, **kw):
     assert sum(p.grad.abs().sum() for p in model.parameters()) > 0
 
 
+def test_gated_mlp_without_autograd_gives_the_same_output(tiny_args, tokens):
+    """Without autograd the gate's product is written in place; with it, out of place."""
+    ids, pos = tokens
+    model = BaseModel(tiny_args(is_gated_mlp=True), activation_func=F.silu).eval()
+    with_autograd = model(ids, pos, -1)[0]
+    assert with_autograd.requires_grad
+    with torch.no_grad():
+        assert torch.equal(model(ids, pos, -1)[0], with_autograd)
+    model.requires_grad_(False)  # frozen: grad mode on, nothing to keep for backward
+    assert torch.equal(model(ids, pos, -1)[0], with_autograd)
+    with torch.inference_mode():
+        assert torch.equal(model(ids, pos, -1)[0], with_autograd)
+
+
 def test_rmsnorm_and_activation_kwargs(tiny_args, tokens):
     ids, pos = tokens
     model = BaseModel(tiny_args(), layernorm=RMSNorm).eval()
