@@ -17,6 +17,12 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="default: fp32 on CPU, bf16 on CUDA")
     parser.add_argument("--repeats", type=int, default=6, help="timed runs of each side (interleaved, even is fair)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed runs of each side first (with --system-malloc off, the heap stops growing after a few)",
+    )
     parser.add_argument("--output", default=None, help="also write the markdown table to this file")
     parser.add_argument(
         "--system-malloc",
@@ -63,22 +69,20 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(runs: dict[str, Callable[[], object]], repeats: int, device: str, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of each callable, run in turn so that load on a shared machine affects
-    all sides alike. The order alternates (A B, B A, A B...): on a CPU the side that runs
-    first in a pair was measured up to 20% slower, whichever it was (allocator state)."""
-    for fn in runs.values():
-        for _ in range(warmup):
-            fn()
+def interleaved(runs: dict[str, Callable[[], object]], repeats: int, device: str, warmup: int) -> dict[str, float]:
+    """Median seconds of each callable over ``repeats`` timed runs after ``warmup`` untimed ones,
+    run in turn so that load on a shared machine affects all sides alike. The order alternates
+    (A B, B A, A B...): on a CPU the side that runs first in a pair was measured up to 20%
+    slower, whichever it was (allocator state)."""
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for repeat in range(repeats):
-        order = list(runs.items()) if repeat % 2 == 0 else list(reversed(runs.items()))
-        for name, fn in order:
+    for repeat in range(warmup + repeats):
+        for name, fn in list(runs.items())[:: 1 if repeat % 2 == 0 else -1]:
             synchronize(device)
             start = time.perf_counter()
             fn()
             synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            if repeat >= warmup:
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

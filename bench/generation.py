@@ -37,7 +37,7 @@ def measure(hf, model, prompt: torch.Tensor, new: int, batch: int, args) -> tupl
                 prompt[None].expand(batch, -1), max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0
             )
 
-    timing = interleaved({"sat": run_sat, "hf": run_hf}, args.repeats, args.device)
+    timing = interleaved({"sat": run_sat, "hf": run_hf}, args.repeats, args.device, args.warmup)
     return new * batch / timing["sat"], new * batch / timing["hf"], torch.equal(outputs["sat"], outputs["hf"])
 
 

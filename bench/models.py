@@ -81,11 +81,14 @@ def measure(family: str, preset: str, args, dtype: torch.dtype) -> list[list[str
 
     sat_model.eval(), hf.eval()
     with torch.no_grad():
-        forward = interleaved(forwards, args.repeats, args.device)
+        forward = interleaved(forwards, args.repeats, args.device, args.warmup)
     sat_model.train(), hf.train()
     optimizers = {"sat": torch.optim.AdamW(sat_model.parameters()), "hf": torch.optim.AdamW(hf.parameters())}
     train = interleaved(
-        {name: train_step(forwards[name], optimizers[name]) for name in forwards}, args.repeats, args.device
+        {name: train_step(forwards[name], optimizers[name]) for name in forwards},
+        args.repeats,
+        args.device,
+        args.warmup,
     )
     params = sum(x.numel() for x in hf.parameters()) / 1e6
     label = f"{preset} ({params:.0f}M, b{p['batch']} x {p['seq']})"
