@@ -93,7 +93,7 @@ def measure(family: str, preset: str, args, dtype: torch.dtype) -> list[list[str
     params = sum(x.numel() for x in hf.parameters()) / 1e6
     label = f"{preset} ({params:.0f}M, b{p['batch']} x {p['seq']})"
     return [
-        [family, label, name, f"{t['sat'] * 1e3:.1f}", f"{t['hf'] * 1e3:.1f}", f"{t['sat'] / t['hf']:.2f}"]
+        [family, label, name, f"{t['sat'] * 1e3:.1f}", f"{t['hf'] * 1e3:.1f}", f"{t['sat'] / t['hf']:.3f}"]
         for name, t in (("forward", forward), ("train step", train))
     ]
 

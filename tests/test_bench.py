@@ -45,3 +45,17 @@ def test_generation_bench_gives_identical_tokens():
 def test_linear_bench_covers_both_layouts():
     rows = table_rows(run_bench("linear.py", "--rows", "1", "8", "--repeats", "1"))
     assert [row[0] for row in rows] == ["1", "8"] and all(len(row) == 5 for row in rows)
+
+
+def test_layers_bench_checks_equal_outputs_and_times_every_part():
+    rows = table_rows(run_bench("layers.py", "--preset", "small", "--repeats", "2", "--warmup", "1"))
+    parts = [(family, part, what) for family in ("gpt2", "llama") for part in ("attention", "mlp", "block")
+             for what in ("forward", "forward + backward")]  # fmt: skip
+    assert [tuple(row[:3]) for row in rows] == parts
+    assert all(float(row[5]) > 0 for row in rows)
+
+
+def test_steady_malloc_is_reported_and_can_be_turned_off():
+    args = ("--families", "gpt2", "--presets", "small", "--repeats", "1", "--warmup", "0")
+    assert "glibc malloc keeping freed memory" in run_bench("models.py", *args)
+    assert "system malloc" in run_bench("models.py", *args, "--system-malloc")
