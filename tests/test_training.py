@@ -121,7 +121,7 @@ def _expected_files(stage: int, precision: str) -> set[str]:
 @pytest.mark.multiprocess
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("stage", [0, 1, 2])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_zero_stage_trains_checkpoints_and_reloads(tmp_path_factory, stage, precision):
     results, checkpoint = reference_run(tmp_path_factory, stage, precision)
     rank0, rank1 = results
