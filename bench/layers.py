@@ -20,13 +20,14 @@ from common import add_device_args, describe_setting, emit, interleaved, markdow
 from models import PRESETS, build_hf
 
 from sat.hf import from_hf
+from sat.ops.attention import CAUSAL_MASK, resolve_attention_mask
 
 
 def layer_parts(family: str, hf, sat_model, hidden: torch.Tensor, positions: torch.Tensor) -> dict[str, tuple]:
     """``{part: (sat callable, transformers callable)}``, each taking the hidden states."""
     transformer = sat_model.transformer
     sat_layer = transformer.layers[0]
-    mask = transformer._normalize_mask(-1, hidden.shape[1], hidden.device)  # causal, as in the model
+    mask = resolve_attention_mask(CAUSAL_MASK, hidden.shape[1], hidden.dtype, hidden.device)  # as in the model
     kw_args = dict(layer_id=0, position_ids=positions)
     if family == "gpt2":
         block = hf.transformer.h[0]

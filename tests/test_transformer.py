@@ -180,10 +180,10 @@ def test_drop_path_is_per_sample_and_off_in_eval(tiny_args, tokens):
     assert outputs.std(0).amax() > 1e-3
     _check_backward(model, ids, pos)
 
-    from sat.transformer_defaults import _drop_path
+    from sat.model.layers import drop_path
 
     branch = torch.randn(64, 5, 3)
-    dropped = _drop_path(branch, 0.25)
+    dropped = drop_path(branch, 0.25)
     kept = dropped.flatten(1).abs().sum(1) > 0  # a whole sample is either dropped or kept
     assert torch.allclose(dropped[kept], branch[kept] / 0.75)
     assert torch.equal(dropped[~kept], torch.zeros_like(branch[~kept]))

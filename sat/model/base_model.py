@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 
 import torch
 
+from sat.config import TransformerConfig
 from sat.helpers import print_all, print_rank0
 from sat.model.hooks import HookError, collect_hooks, describe_chains, non_conflict, replacable
 from sat.model.registry import MetaModel
 from sat.model.transformer import BaseTransformer
-from sat.transformer_defaults import ARGS_DEFAULT
 
 __all__ = [
     "AutoModel",
@@ -23,8 +24,7 @@ __all__ = [
     "replacable",
 ]
 
-# Arguments BaseModel reads from ``args`` besides ARGS_DEFAULT (unless a subclass passes them).
-_REQUIRED_ARGS = ("num_layers", "vocab_size", "hidden_size", "num_attention_heads", "max_sequence_length")
+_ARCHITECTURE_FIELDS = frozenset(f.name for f in dataclasses.fields(TransformerConfig))
 
 
 class BaseMixin(torch.nn.Module):
@@ -63,22 +63,22 @@ class BaseModel(torch.nn.Module, metaclass=MetaModel):
 
         ensure_model_parallel(getattr(args, "model_parallel_size", 1))
         self._weights_may_be_missing = kwargs.get("skip_init", getattr(args, "skip_init", False))
-        self.transformer = BaseTransformer(**self._transformer_kwargs(args, params_dtype, kwargs))
-
-    def _transformer_kwargs(self, args, params_dtype: torch.dtype, overrides: dict) -> dict:
-        missing = [name for name in _REQUIRED_ARGS if name not in overrides and not hasattr(args, name)]
-        if missing:
+        # The subclass's keywords win over args: it knows its architecture best.
+        architecture = {key: value for key, value in kwargs.items() if key in _ARCHITECTURE_FIELDS}
+        build = dict(
+            hooks=self.hooks,
+            params_dtype=params_dtype,
+            skip_init=getattr(args, "skip_init", False),
+            device=_init_device(args),
+        )
+        build.update({key: value for key, value in kwargs.items() if key not in _ARCHITECTURE_FIELDS})
+        try:
+            config = TransformerConfig.from_args(args, **architecture)
+        except ValueError as e:
             raise ValueError(
-                f"{type(self).__name__} needs args.{', args.'.join(missing)}. Build args with "
-                f"{type(self).__name__}.get_args(...) or sat.get_args()."
-            )
-        values = {name: getattr(args, name, None) for name in _REQUIRED_ARGS}
-        values["layernorm_order"] = getattr(args, "layernorm_order", "pre")
-        values["skip_init"] = getattr(args, "skip_init", False)
-        values.update({key: getattr(args, attr, default) for key, (attr, default) in ARGS_DEFAULT.items()})
-        values.update(hooks=self.hooks, params_dtype=params_dtype, device=_init_device(args))
-        values.update(overrides)  # the subclass knows its architecture best
-        return values
+                f"{type(self).__name__}: {e}. Build args with {type(self).__name__}.get_args(...) or sat.get_args()."
+            ) from None
+        self.transformer = BaseTransformer(config=config, **build)
 
     # ----------------------------------------------------------------- hooks and mixins
     def collect_hooks_(self) -> dict[str, Callable]:

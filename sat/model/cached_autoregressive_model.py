@@ -19,7 +19,7 @@ import torch
 
 from sat.model.base_model import BaseMixin, BaseModel
 from sat.ops.attention import CAUSAL, attention_mask_kind, causal_attention_mask
-from sat.transformer_defaults import attention_fn_default
+from sat.model.layers import attention_fn_default
 
 
 class KVCache:

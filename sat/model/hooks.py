@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from sat.transformer_defaults import HOOK_SPECS, HookSpec
+from sat.model.hook_specs import HOOK_SPECS, HookSpec
 
 
 class HookError(ValueError):

@@ -1,25 +1,38 @@
 """Attention kernels: the eager reference (``standard_attention``) and SDPA.
 
 Which kernel runs is decided from configuration, never from mask values: the backbone tags
-the masks it builds itself (``attention_mask=None`` is "full", ``-1`` is "causal"), and only a
-tagged mask, unchanged, may take the SDPA path. Any other mask (padding masks, masks a mixin
-rebuilt) runs the eager path with exactly the original semantics. Reading a tag is a Python
-attribute lookup: no device sync, nothing for ``torch.compile`` to trip over.
+the masks it builds itself (``attention_mask=None`` is "full", ``CAUSAL_MASK`` is "causal"), and
+only a tagged mask, unchanged, may take the SDPA path. Any other mask (padding masks, masks a
+mixin rebuilt) runs the eager path with exactly the original semantics. Reading a tag is a
+Python attribute lookup: no device sync, nothing for ``torch.compile`` to trip over.
+
+Dropout here draws from whatever random stream the caller makes current: the caller passes a
+``dropout_context`` (the backbone passes the model-parallel one), so kernels know nothing of
+model parallelism.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
 
-from sat.mpu.random import model_parallel_dropout_context
-
 FULL = "full"
 CAUSAL = "causal"
 _KIND = "_sat_mask_kind"
+
+CAUSAL_MASK = -1
+"""``attention_mask=CAUSAL_MASK`` (the original's ``-1``) asks the backbone for causal attention."""
+
+AttentionMask = torch.Tensor | int | None
+"""What a model's ``forward`` takes as ``attention_mask``: ``None`` (full attention),
+``CAUSAL_MASK``, or a tensor of shape ``[sq, sk]`` or ``[b, 1, sq, sk]`` with 1 = attend."""
+
+DropoutContext = Callable[[], AbstractContextManager]
 
 
 def full_attention_mask(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -39,6 +52,24 @@ def causal_attention_mask(
     mask = torch.ones(length, key_length, dtype=dtype, device=device).tril(key_length - length)
     setattr(mask, _KIND, CAUSAL)
     return mask
+
+
+def resolve_attention_mask(
+    attention_mask: AttentionMask, query_length: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """The mask tensor the layers use for ``attention_mask``, in ``dtype``; the backbone's own
+    full and causal masks are tagged so that SDPA may run them."""
+    if attention_mask is None:
+        return full_attention_mask(dtype, device)
+    if isinstance(attention_mask, int):
+        if attention_mask != CAUSAL_MASK:
+            raise ValueError(f"attention_mask must be None, {CAUSAL_MASK} (causal) or a tensor, got {attention_mask}")
+        return causal_attention_mask(query_length, dtype, device)
+    if not (attention_mask.dim() == 2 or (attention_mask.dim() == 4 and attention_mask.shape[1] == 1)):
+        raise ValueError(
+            f"attention_mask must have shape [sq, sk] or [b, 1, sq, sk], got {tuple(attention_mask.shape)}"
+        )
+    return attention_mask.to(dtype)
 
 
 def attention_mask_kind(mask: torch.Tensor | None) -> str | None:
@@ -65,6 +96,7 @@ def standard_attention(
     attention_dropout=None,
     log_attention_weights: torch.Tensor | None = None,
     scaling_attention_score: bool = True,
+    dropout_context: DropoutContext = contextlib.nullcontext,
     **kwargs,
 ) -> torch.Tensor:
     """Eager attention: ``softmax(q k^T / sqrt(hn) + log_w, masked) v``.
@@ -81,7 +113,7 @@ def standard_attention(
     scores = scores * attention_mask - 10000.0 * (1.0 - attention_mask)
     probs = F.softmax(scores, dim=-1)
     if attention_dropout is not None:
-        with model_parallel_dropout_context():
+        with dropout_context():
             probs = attention_dropout(probs)
     return torch.matmul(probs, value_layer)  # [b, np, sq, hn]
 
@@ -93,6 +125,7 @@ def sdpa_attention(
     kind: str,
     dropout_p: float = 0.0,
     scale: float | None = None,
+    dropout_context: DropoutContext = contextlib.nullcontext,
 ) -> torch.Tensor:
     """``scaled_dot_product_attention`` for a full or causal mask; K/V may have fewer heads.
 
@@ -113,7 +146,7 @@ def sdpa_attention(
         else:
             mask = torch.ones(sq, sk, dtype=torch.bool, device=query_layer.device).tril(sk - sq)
     gqa = key_layer.shape[1] != query_layer.shape[1]
-    with model_parallel_dropout_context() if dropout_p > 0 else contextlib.nullcontext():
+    with dropout_context() if dropout_p > 0 else contextlib.nullcontext():
         return F.scaled_dot_product_attention(
             query_layer,
             key_layer,
