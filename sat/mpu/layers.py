@@ -165,6 +165,8 @@ class RowParallelLinear(_ParallelLayer):
         input_is_parallel: the input is already split (the output of a column-parallel layer).
         final_bias: add the bias after the all-reduce (the default). With ``False`` each rank
             adds ``bias / mp`` before it, which some checkpoints were trained with.
+        stride: accepted for compatibility with the original's signature and unused: the
+            input dimension of a row-parallel weight is always split in one block.
     """
 
     partition_dim = 1
@@ -290,7 +292,8 @@ class VocabParallelEmbedding(_ParallelLayer):
 
     @torch.no_grad()
     def merge(self, new_weights: list[torch.Tensor], new_biases: list[torch.Tensor]) -> None:
-        """Fill this full-size embedding from every rank's shard."""
+        """Fill this full-size embedding from every rank's shard (``new_biases`` is unused: an
+        embedding has none; the parameter keeps the signature of the linear layers' ``merge``)."""
         self.weight.copy_(torch.cat(new_weights, dim=0))
 
     def repartition(self) -> None:

@@ -46,6 +46,7 @@ class VocabUtility:
     def vocab_range_from_per_partition_vocab_size(
         per_partition_vocab_size: int, rank: int, world_size: int
     ) -> tuple[int, int]:
+        """``world_size`` is unused, kept for the original's signature."""
         first = rank * per_partition_vocab_size
         return first, first + per_partition_vocab_size
 
