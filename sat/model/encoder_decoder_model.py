@@ -14,6 +14,7 @@ import torch
 
 from sat.model.base_model import BaseMixin, BaseModel
 from sat.model.registry import model_registry
+from sat.ops.attention import CAUSAL_MASK
 
 # Arguments a ``--dec-<name>`` argument overrides for the decoder (else it copies the encoder).
 DECODER_OVERRIDES = (
@@ -116,7 +117,7 @@ class EncoderDecoderModel(torch.nn.Module):
         ``[b, 1, 1, s_enc]``) hides encoder positions; ``None`` shows them all.
         """
         if attention_mask is None:
-            attention_mask = -1  # the backbone's causal mask, which it may run with SDPA
+            attention_mask = CAUSAL_MASK  # the backbone's own causal mask, which it may run with SDPA
         if cross_attention_mask is not None:
             cross_attention_mask = cross_attention_mask.to(self.decoder.transformer.word_embeddings.weight.dtype)
         return self.decoder(
