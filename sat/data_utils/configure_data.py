@@ -121,7 +121,8 @@ def make_dataset_full(
     **kwargs,
 ):
     """The dataset(s) for ``path``: one dataset, or ``(train, valid, test)`` when ``split``
-    divides it (a part with no share is ``None``)."""
+    divides it (a part with no share is ``None``).
+    ``**kwargs``: accepted for compatibility with the original, unused."""
     iterable = args.iterable_dataset if is_train_data else getattr(args, "iterable_dataset_eval", False)
     if iterable:
         if split is not None and should_split(split):

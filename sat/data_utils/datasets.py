@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 
 class BinaryDataset(Dataset):
     """Rows of ``length_per_sample`` values of ``dtype`` in a flat binary file, memory-mapped
-    (``preload=True`` reads the whole file into memory instead)."""
+    (``preload=True`` reads the whole file into memory instead).
+    ``**kwargs``: accepted for compatibility with the original, unused."""
 
     def __init__(
         self,
@@ -52,7 +53,8 @@ class BinaryDataset(Dataset):
 
 class TSVDataset(Dataset):
     """Tab-separated lines; ``process_fn`` gets each line's fields (without the newline). With
-    ``with_heads`` the first line is the header, kept in ``self.heads``."""
+    ``with_heads`` the first line is the header, kept in ``self.heads``.
+    ``**kwargs``: accepted for compatibility with the original, unused."""
 
     def __init__(self, path: str, process_fn: Callable, with_heads: bool = True, **kwargs):
         self.process_fn = process_fn
@@ -70,7 +72,8 @@ class TSVDataset(Dataset):
 
 class JsonlDataset(Dataset):
     """One JSON object per line, read on demand (only the line offsets are kept in memory);
-    ``process_fn`` gets the parsed object."""
+    ``process_fn`` gets the parsed object.
+    ``**kwargs``: accepted for compatibility with the original, unused."""
 
     def __init__(self, path: str, process_fn: Callable, **kwargs):
         self.path = path

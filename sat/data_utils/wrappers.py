@@ -15,7 +15,8 @@ from torch.utils.data import Dataset
 
 class ConcatDataset(Dataset):
     """Datasets one after another; dataset ``i`` appears ``weights[i]`` times (integer weights,
-    as ``--train-data-weights`` gives)."""
+    as ``--train-data-weights`` gives).
+    ``**kwargs``: accepted for compatibility with the original, unused."""
 
     def __init__(self, datasets: Sequence[Dataset], weights: Sequence[int] | None = None, **kwargs):
         if not datasets:
@@ -43,7 +44,8 @@ class ConcatDataset(Dataset):
 
 class RandomMappingDataset(Dataset):
     """``scale`` times longer than ``ds``; index ``i`` maps to a sample drawn from ``(seed, i)``.
-    Random order with no stored permutation; training never runs out of data."""
+    Random order with no stored permutation; training never runs out of data.
+    ``**kwargs``: accepted for compatibility with the original, unused."""
 
     def __init__(self, ds: Dataset, scale: int = 200, seed: int = 1234, **kwargs):
         if len(ds) == 0:
@@ -62,7 +64,8 @@ class RandomMappingDataset(Dataset):
 
 class RandomDataset(Dataset):
     """``scale`` epochs of ``ds``, each in its own random order (a permutation per epoch from
-    ``(seed, epoch)``): every sample exactly once per epoch."""
+    ``(seed, epoch)``): every sample exactly once per epoch.
+    ``**kwargs``: accepted for compatibility with the original, unused."""
 
     def __init__(self, ds: Dataset, scale: int = 1, seed: int = 1234, **kwargs):
         if len(ds) == 0:
@@ -87,7 +90,8 @@ class RandomDataset(Dataset):
 class BlockedRandomSplitDataset(Dataset):
     """The part of ``ds`` at positions ``indices`` within every block of ``block_size``
     samples (and the final partial block). Splits built from disjoint ``indices`` never share a
-    sample, and only one block's worth of indices is stored."""
+    sample, and only one block's worth of indices is stored.
+    ``**kwargs``: accepted for compatibility with the original, unused."""
 
     def __init__(self, ds: Dataset, indices: Sequence[int], block_size: int, **kwargs):
         self.indices = np.sort(np.asarray(indices, dtype=np.int64))

@@ -10,8 +10,9 @@ checkpoint holds everything a run needs to continue exactly (``sat.training.mode
 Callbacks (the original library's contracts):
 
 - ``forward_step_function(data_iterator, model, args, timers)`` returns ``loss`` or
-  ``(loss, {name: tensor})``. A metric equal to ``-100`` means "not available on this rank";
-  metrics whose names contain ``eval`` may be non-scalar and are not logged during training.
+  ``(loss, {name: tensor})``. A metric equal to ``METRIC_NOT_AVAILABLE`` (``-100``) means "not
+  available on this rank"; metrics whose names contain ``eval`` may be non-scalar and are not
+  logged during training.
 - ``create_dataset_function(path, args)`` returns a ``torch.utils.data.Dataset`` (or, with
   ``--iterable-dataset``, an ``IterableDataset``).
 - ``handle_metrics_function(metrics)`` gets, on data-parallel rank 0, every evaluation metric
@@ -19,6 +20,10 @@ Callbacks (the original library's contracts):
 - ``init_function(args, model)`` runs after ``--load`` and before the optimizer exists.
 - ``collate_fn`` goes to the DataLoaders; ``forward_step_eval`` replaces the forward step in
   evaluation.
+
+``train``, ``train_step``, ``evaluate`` and ``evaluate_and_print_results`` take these callbacks
+as a ``TrainingCallbacks`` (``callbacks=``); the original library's ``hooks=`` dict is accepted
+too (not to be confused with a model's hook table, ``model.hooks``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import math
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime
 from functools import partial
 
@@ -57,7 +63,50 @@ from sat.transformer_defaults import NO_WD_MODULES
 
 # Training stops with an error after this many non-finite micro-batches in a row.
 MAX_CONSECUTIVE_SKIPPED = 100
+# A metric value meaning "not available on this rank" (the original library's sentinel): a
+# forward step returns it for a metric it cannot compute on its batch; the training logs average
+# each metric over the ranks and micro-batches that have it, and report this value when none has.
+METRIC_NOT_AVAILABLE = -100
 _TIMER_NAMES = ["forward", "backward", "allreduce", "optimizer", "batch generator", "data loader"]
+
+
+@dataclass(frozen=True)
+class TrainingCallbacks:
+    """The user's functions that ``training_main`` passes down the training loop.
+
+    The original library passes them as a dict named ``hooks`` (keys ``forward_step``,
+    ``forward_step_eval``, ``handle_metrics``, ``init_function``, ``create_dataset_function``);
+    ``from_hooks`` accepts that dict. ``forward_step_eval=None`` evaluates with ``forward_step``.
+    """
+
+    forward_step: Callable | None = None
+    forward_step_eval: Callable | None = None
+    handle_metrics: Callable | None = None
+    init_function: Callable | None = None
+    create_dataset_function: Callable | None = None
+
+    @classmethod
+    def from_hooks(cls, hooks: TrainingCallbacks | Mapping) -> TrainingCallbacks:
+        """A ``TrainingCallbacks`` from the original's ``hooks`` dict (other keys are ignored, as
+        the original ignores them), or ``hooks`` itself when it already is one."""
+        if isinstance(hooks, cls):
+            return hooks
+        return cls(**{field.name: hooks.get(field.name) for field in fields(cls)})
+
+    @property
+    def eval_step(self) -> Callable | None:
+        """The forward step used in evaluation."""
+        return self.forward_step_eval if self.forward_step_eval is not None else self.forward_step
+
+
+def _callbacks(function: str, callbacks, hooks) -> TrainingCallbacks:
+    """``callbacks`` (a ``TrainingCallbacks`` or the original's dict) or the original's ``hooks=``."""
+    if callbacks is not None and hooks is not None:
+        raise TypeError(f"{function}() got both callbacks and hooks (the old name of callbacks): pass one")
+    given = callbacks if callbacks is not None else hooks
+    if given is None:
+        raise TypeError(f"{function}() needs callbacks: a TrainingCallbacks with at least forward_step")
+    return TrainingCallbacks.from_hooks(given)
 
 
 def import_deepspeed():
@@ -93,13 +142,13 @@ def training_main(
     instance) as ``args`` say (``sat.get_args``) and return the model (the DeepSpeed engine
     when it trained). See the module docstring for the callbacks."""
     deepspeed = import_deepspeed()
-    hooks = {
-        "forward_step": forward_step_function,
-        "init_function": init_function,
-        "create_dataset_function": create_dataset_function,
-        "handle_metrics": handle_metrics_function,
-        "forward_step_eval": forward_step_eval or forward_step_function,
-    }
+    callbacks = TrainingCallbacks(
+        forward_step=forward_step_function,
+        forward_step_eval=forward_step_eval or forward_step_function,
+        handle_metrics=handle_metrics_function,
+        init_function=init_function,
+        create_dataset_function=create_dataset_function,
+    )
     timers = Timers()
     initialize_training_distributed(args, deepspeed)
     args.experiment_name = experiment_name(args)
@@ -120,8 +169,8 @@ def training_main(
         args.summary_dir = args.summary_dir or args.save  # tensorboard runs next to the checkpoints
         args.save = os.path.join(args.save, args.experiment_name)
     dist.barrier()
-    if hooks["init_function"] is not None:
-        hooks["init_function"](args, model)
+    if callbacks.init_function is not None:
+        callbacks.init_function(args, model)
 
     iteration, optimizer, lr_scheduler, streams = 0, None, None, {}
     if args.train_iters > 0 and args.do_train:
@@ -146,7 +195,7 @@ def training_main(
             timers,
             args,
             summary_writer=summary_writer,
-            hooks=hooks,
+            callbacks=callbacks,
         )
         print_rank0(f"training done: {iteration} iterations, {skipped} micro-batches skipped (NaN/Inf)")
         if summary_writer is not None:
@@ -158,7 +207,7 @@ def training_main(
         eval_iters = len(test_data) if args.strict_eval else args.eval_iters
         evaluate_and_print_results(
             "the end of training for test data", iter(test_data), model, eval_iters, args, timers, True, "test",
-            hooks=hooks,
+            callbacks=callbacks,
         )  # fmt: skip
     return model
 
@@ -255,7 +304,7 @@ def build_optimizer(param_groups: list[dict], config: dict):
     return optimizer
 
 
-def _check_precision(args, config: dict) -> None:
+def _check_precision(config: dict) -> None:
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()
@@ -279,7 +328,7 @@ def setup_model_untrainable_params_and_optimizer(args, model: torch.nn.Module, c
     if not param_groups:
         raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
     config = copy.deepcopy(config_params if config_params is not None else args.deepspeed_config)
-    _check_precision(args, config)
+    _check_precision(config)
     optimizer = build_optimizer(param_groups, config)
     model_parallel = mpu if mpu.model_parallel_is_initialized() else None
     if args.checkpoint_activations:
@@ -372,11 +421,15 @@ def train(
     timers: Timers,
     args,
     summary_writer=None,
-    hooks: dict | None = None,
+    callbacks: TrainingCallbacks | Mapping | None = None,
+    *,
+    hooks: Mapping | None = None,
 ) -> tuple[int, int]:
     """Run iterations until ``args.train_iters``; returns ``(iteration, skipped micro-batches)``.
     ``train_data``/``val_data`` are DataLoaders or ``BatchStream``s (whose positions the
-    checkpoints record)."""
+    checkpoints record). ``callbacks``: a ``TrainingCallbacks`` (or the original's dict);
+    ``hooks`` is its old name, still accepted."""
+    callbacks = _callbacks("train", callbacks, hooks)
     train_stream = train_data if isinstance(train_data, BatchStream) else BatchStream(train_data)
     val_stream = val_data if val_data is None or isinstance(val_data, BatchStream) else BatchStream(val_data)
     streams = {"train": train_stream, **({"valid": val_stream} if val_stream is not None else {})}
@@ -389,13 +442,15 @@ def train(
     progress = _progress_bar(args)
     timers("interval time").start()
     while args.iteration < args.train_iters:
-        loss, skipped, metrics = train_step(train_stream, model, optimizer, lr_scheduler, args, timers, hooks=hooks)
+        loss, skipped, metrics = train_step(
+            train_stream, model, optimizer, lr_scheduler, args, timers, callbacks=callbacks
+        )
         skipped_total += skipped
         skipped_since_log += skipped
         args.iteration += 1
         total_loss += loss
         for name, value in metrics.items():
-            if value != -100:
+            if value != METRIC_NOT_AVAILABLE:
                 total_metrics[name] += value
                 total_metrics_count[name] += 1
         if progress is not None:
@@ -429,7 +484,7 @@ def train(
                 eval_iterator, eval_iters = val_stream, args.eval_iters
             evaluate_and_print_results(
                 f"iteration {args.iteration}", eval_iterator, model, eval_iters, args, timers, False, "val",
-                step=args.iteration, summary_writer=summary_writer, hooks=hooks,
+                step=args.iteration, summary_writer=summary_writer, callbacks=callbacks,
             )  # fmt: skip
 
         if args.exit_interval and args.iteration % args.exit_interval == 0:
@@ -466,9 +521,10 @@ def _loss_and_metrics(result) -> tuple[torch.Tensor, dict]:
     return result, {}
 
 
-def _reduce_for_logging(loss: torch.Tensor, metrics: dict, args) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _reduce_for_logging(loss: torch.Tensor, metrics: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss and training metrics averaged over data-parallel ranks in one all-reduce
-    (a metric averages over the ranks where it is not -100; -100 if none has it)."""
+    (a metric averages over the ranks where it is not ``METRIC_NOT_AVAILABLE``; that value if none
+    has it)."""
     names = [name for name in metrics if "eval" not in name]
     values = [loss.detach().float().reshape(())]
     for name in names:
@@ -477,7 +533,7 @@ def _reduce_for_logging(loss: torch.Tensor, metrics: dict, args) -> tuple[torch.
             raise ValueError(
                 f"training metric {name!r} has shape {tuple(value.shape)}; only 'eval' metrics may be non-scalar"
             )
-        available = (value != -100).float()
+        available = (value != METRIC_NOT_AVAILABLE).float()
         values += [value * available, available]
     packed = torch.stack(values)
     dist.all_reduce(packed, group=mpu.get_data_parallel_group())
@@ -485,19 +541,29 @@ def _reduce_for_logging(loss: torch.Tensor, metrics: dict, args) -> tuple[torch.
     reduced = {}
     for i, name in enumerate(names):
         total, count = packed[1 + 2 * i], packed[2 + 2 * i]
-        reduced[name] = total / count if count > 0 else torch.tensor(-100.0)
+        reduced[name] = total / count if count > 0 else torch.tensor(float(METRIC_NOT_AVAILABLE))
     return reduced_loss, reduced
 
 
-def train_step(data_iterator, model, optimizer, lr_scheduler, args, timers, hooks=None, single_step=False, **kwargs):
+def train_step(
+    data_iterator, model, optimizer, lr_scheduler, args, timers, callbacks=None, single_step=False, *, hooks=None,
+    **kwargs,
+):  # fmt: skip
     """One iteration: micro-batches (forward, backward) up to the gradient-accumulation
-    boundary, then the optimizer and scheduler step. Returns ``(mean loss, skipped, metrics)``.
+    boundary, then the optimizer and scheduler step. Returns ``(mean loss, skipped, metrics)``:
+    each metric averaged over the micro-batches where some rank had it (a metric no rank ever
+    had, ``METRIC_NOT_AVAILABLE`` throughout, is left out).
 
     A micro-batch whose loss or metrics are NaN/Inf on any rank is dropped before its backward
     (DeepSpeed never sees it) and the next one is drawn instead; ``skipped`` counts them. An
     fp16 step the loss scaler rejects also counts, and does not move the schedule.
+
+    ``callbacks``: a ``TrainingCallbacks`` (or the original's dict) whose ``forward_step`` is
+    called with ``**kwargs``; ``hooks`` is its old name, still accepted.
     """
-    forward_step = hooks["forward_step"]
+    forward_step = _callbacks("train_step", callbacks, hooks).forward_step
+    if forward_step is None:
+        raise TypeError("train_step() needs callbacks.forward_step")
     losses: list[float] = []
     metric_sums: dict[str, float] = defaultdict(float)
     metric_counts: dict[str, int] = defaultdict(int)
@@ -506,7 +572,7 @@ def train_step(data_iterator, model, optimizer, lr_scheduler, args, timers, hook
         timers("forward").start()
         loss, metrics = _loss_and_metrics(forward_step(data_iterator, model, args, timers, **kwargs))
         timers("forward").stop()
-        reduced_loss, reduced = _reduce_for_logging(loss, metrics, args)
+        reduced_loss, reduced = _reduce_for_logging(loss, metrics)
         checked = torch.stack([reduced_loss, *reduced.values()])
         if not torch.isfinite(checked).all():
             skipped += 1
@@ -521,7 +587,7 @@ def train_step(data_iterator, model, optimizer, lr_scheduler, args, timers, hook
         consecutive = 0
         losses.append(reduced_loss.item())
         for name, value in reduced.items():
-            if value.item() != -100:
+            if value.item() != METRIC_NOT_AVAILABLE:
                 metric_sums[name] += value.item()
                 metric_counts[name] += 1
 
@@ -540,9 +606,7 @@ def train_step(data_iterator, model, optimizer, lr_scheduler, args, timers, hook
             break
         if single_step:
             break
-    metrics_out = {
-        name: metric_sums[name] / metric_counts[name] if metric_counts[name] else -100 for name in metric_sums
-    }
+    metrics_out = {name: metric_sums[name] / metric_counts[name] for name in metric_sums}
     return sum(losses) / len(losses), skipped, metrics_out
 
 
@@ -595,12 +659,20 @@ def _gather(value: torch.Tensor, rows: list[int], per_rank: int) -> list[torch.T
     return [g[:n].cpu() for g, n in zip(gathered, rows) if n > 0]
 
 
-def evaluate(data_iterator, model, eval_iters: int, args, timers, split: str, verbose=False, has_last=True, hooks=None):
+def evaluate(
+    data_iterator, model, eval_iters: int, args, timers, split: str, verbose=False, has_last=True, callbacks=None,
+    *, hooks=None,
+):  # fmt: skip
     """Run ``eval_iters`` batches without gradients. Returns ``(loss, metrics)``: the mean loss
     per sample over all data-parallel ranks, and (on data-parallel rank 0, else ``None``) the
-    metrics, through ``handle_metrics`` when given. With ``--strict-eval`` the placeholders in
-    the last batch are dropped."""
-    forward_step = hooks["forward_step_eval"]
+    metrics, through ``callbacks.handle_metrics`` when given. With ``--strict-eval`` the
+    placeholders in the last batch are dropped. ``callbacks``: a ``TrainingCallbacks`` (or the
+    original's dict), evaluating with ``forward_step_eval`` (else ``forward_step``); ``hooks`` is
+    its old name, still accepted."""
+    callbacks = _callbacks("evaluate", callbacks, hooks)
+    forward_step = callbacks.eval_step
+    if forward_step is None:
+        raise TypeError("evaluate() needs callbacks.forward_step_eval or callbacks.forward_step")
     model.eval()
     rank = mpu.get_data_parallel_rank()
     world = mpu.get_data_parallel_world_size()
@@ -629,8 +701,8 @@ def evaluate(data_iterator, model, eval_iters: int, args, timers, split: str, ve
     if rank != 0:
         return mean_loss, None
     collected = {name: torch.stack(v) if is_scalar[name] else torch.cat(v) for name, v in gathered.items()}
-    if hooks.get("handle_metrics") is not None:
-        return mean_loss, hooks["handle_metrics"](collected)
+    if callbacks.handle_metrics is not None:
+        return mean_loss, callbacks.handle_metrics(collected)
     non_scalar = [name for name in collected if not is_scalar[name]]
     if non_scalar:
         raise ValueError(f"metrics {non_scalar} are not scalars: pass handle_metrics_function to reduce them")
@@ -639,12 +711,16 @@ def evaluate(data_iterator, model, eval_iters: int, args, timers, split: str, ve
 
 def evaluate_and_print_results(
     prefix, data_iterator, model, eval_iters, args, timers, has_last, split, verbose=False, step=None,
-    summary_writer=None, hooks=None,
+    summary_writer=None, callbacks=None, *, hooks=None,
 ):  # fmt: skip
     """Evaluate (leaving the training's random streams untouched), print the loss, perplexity
-    and metrics, and write them to the summaries. Returns the loss."""
+    and metrics, and write them to the summaries. Returns the loss. ``callbacks`` as in
+    ``evaluate`` (``hooks``: its old name)."""
+    callbacks = _callbacks("evaluate_and_print_results", callbacks, hooks)
     with _isolated_rng():
-        loss, metrics = evaluate(data_iterator, model, eval_iters, args, timers, split, verbose, has_last, hooks=hooks)
+        loss, metrics = evaluate(
+            data_iterator, model, eval_iters, args, timers, split, verbose, has_last, callbacks=callbacks
+        )
     if mpu.get_data_parallel_rank() == 0:
         report_evaluate_metrics(summary_writer, prefix, loss, math.exp(min(20.0, loss)), step, args, metrics, split)
     return loss
