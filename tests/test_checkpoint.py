@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from sat.model import AutoModel, BaseMixin, BaseModel
-from sat.training import model_io
 from sat.training.model_io import CheckpointError, load_checkpoint, save_checkpoint
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "original_sat")
@@ -252,7 +251,7 @@ def test_crash_during_save_leaves_previous_checkpoint(tmp_path, tiny_args, token
             f.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(model_io.torch, "save", crash)
+    monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
         _save(BaseModel(args), args, folder, iteration=2)
     monkeypatch.undo()

@@ -1,1 +1,2 @@
-"""Training: checkpoints (model_io), learning-rate schedules and the DeepSpeed training loop."""
+"""Training: the DeepSpeed training loop, learning-rate schedules and training checkpoints
+(``checkpointing``; ``model_io`` keeps the original library's module name)."""

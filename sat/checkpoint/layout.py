@@ -1,0 +1,99 @@
+"""Where things are in a checkpoint directory, and what kind of directory it is.
+
+::
+
+    <save>/latest                                   the last iteration ("1000") or "release"
+    <save>/model_config.json                        model_class, architecture and model arguments
+    <save>/<iteration>/mp_rank_XX_model_states.pt   {"module": state_dict, ...}, one per MP rank
+    <save>/<iteration>/rng_states_rank_XXXXX.pt     each rank's random states (training saves)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from sat import mpu
+from sat.checkpoint.errors import CheckpointError
+
+MODEL_CONFIG = "model_config.json"
+_SHARD = re.compile(r"mp_rank_(\d+)_model_states\.pt")
+
+
+def get_checkpoint_name(checkpoints_path: str, iteration: int | str, release: bool = False, zero: bool = False) -> str:
+    """``<path>/<iteration or release>/mp_rank_XX_model_states.pt`` for this model-parallel rank."""
+    directory = "release" if release else str(iteration)
+    if zero:
+        directory += f"_zero_dp_rank_{mpu.get_data_parallel_rank()}"
+    return shard_path(os.path.join(checkpoints_path, directory), mpu.get_model_parallel_rank())
+
+
+def get_checkpoint_tracker_filename(checkpoints_path: str, old_checkpoint: bool = False) -> str:
+    """The ``latest`` file of a checkpoint directory."""
+    return os.path.join(checkpoints_path, "latest")
+
+
+def read_latest(checkpoints_path: str) -> str | None:
+    """What ``latest`` says (an iteration or ``"release"``), None without a ``latest`` file."""
+    tracker = get_checkpoint_tracker_filename(checkpoints_path)
+    if not os.path.isfile(tracker):
+        return None
+    with open(tracker) as f:
+        return f.read().strip()
+
+
+def get_checkpoint_iteration(load_path: str) -> tuple[int, bool, bool]:
+    """``(iteration, release, success)`` from ``<load_path>/latest``."""
+    text = read_latest(load_path)
+    if text is None:
+        raise CheckpointError(
+            f"{load_path} is not a sat checkpoint directory: it has no 'latest' file "
+            f"(expected latest, {MODEL_CONFIG} and <iteration>/mp_rank_00_model_states.pt)"
+        )
+    if text == "release":
+        return 0, True, True
+    tracker = get_checkpoint_tracker_filename(load_path)
+    try:
+        iteration = int(text)
+    except ValueError:
+        raise CheckpointError(f"{tracker} should hold an iteration number or 'release', found {text!r}") from None
+    if iteration < 0:
+        raise CheckpointError(f"{tracker} holds a negative iteration {iteration}")
+    return iteration, False, True
+
+
+def shard_path(iteration_dir: str, rank: int) -> str:
+    """The model file of model-parallel rank ``rank`` in ``iteration_dir``."""
+    return os.path.join(iteration_dir, f"mp_rank_{rank:02d}_model_states.pt")
+
+
+def saved_model_parallel_size(iteration_dir: str) -> int:
+    """How many model-parallel shards ``iteration_dir`` holds (``mp_rank_XX`` files)."""
+    ranks = sorted(int(m.group(1)) for name in os.listdir(iteration_dir) if (m := _SHARD.fullmatch(name)))
+    if not ranks or ranks != list(range(len(ranks))):
+        raise FileNotFoundError(f"{iteration_dir} holds no complete set of mp_rank_XX_model_states.pt files: {ranks}")
+    return len(ranks)
+
+
+def rng_states_path(iteration_dir: str, rank: int) -> str:
+    """The file with the random states of global rank ``rank``."""
+    return os.path.join(iteration_dir, f"rng_states_rank_{rank:05d}.pt")
+
+
+def model_config_path(checkpoint_dir: str) -> str:
+    """``<checkpoint_dir>/model_config.json``; a CheckpointError when the directory has none."""
+    path = os.path.join(checkpoint_dir, MODEL_CONFIG)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{checkpoint_dir} has no {MODEL_CONFIG}; not a sat checkpoint directory")
+    return path
+
+
+def is_hf_directory(path: str) -> bool:
+    """A ``transformers`` model directory (``config.json`` with a ``model_type``), not a sat
+    checkpoint."""
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config) or os.path.isfile(os.path.join(path, MODEL_CONFIG)):
+        return False
+    with open(config, encoding="utf-8") as f:
+        return "model_type" in json.load(f)

@@ -1,0 +1,107 @@
+"""``model_config.json``: the class, architecture and model arguments of a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import warnings
+
+import torch
+
+from sat import mpu
+from sat.checkpoint.atomic import atomic_write_text
+from sat.checkpoint.layout import MODEL_CONFIG
+from sat.checkpoint.state_dict import unwrap_module
+from sat.runtime import global_rank
+
+# Always written to model_config.json, in the original's order.
+_ARCH_ARGS = (
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "vocab_size",
+    "layernorm_order",
+    "model_parallel_size",
+    "max_sequence_length",
+)
+# Optional architecture arguments: written to model_config.json only when not the default.
+_OPTIONAL_ARCH_ARGS = (
+    ("is_decoder", False),
+    ("cross_attn_hidden_size", None),
+    ("use_bias", True),
+    ("use_qkv_bias", False),
+    ("inner_hidden_size", None),
+    ("hidden_size_per_attention_head", None),
+    ("cross_hidden_size_per_attention_head", None),
+    ("use_final_layernorm", True),
+    ("layernorm_epsilon", 1e-5),
+    ("num_multi_query_heads", 0),
+    ("cross_num_multi_query_heads", 0),
+    ("row_parallel_linear_final_bias", True),
+    ("is_gated_mlp", False),
+    ("is_rotary_emb", False),
+    ("rotary_base", 10000.0),
+    ("parallel_output", False),
+    ("num_experts", 1),
+)
+
+
+def _json_safe(name: str, value) -> bool:
+    try:
+        json.dumps(value)
+    except TypeError:
+        warnings.warn(f"model_config.json: {name}={value!r} is not JSON-serialisable and is not saved", stacklevel=3)
+        return False
+    return True
+
+
+def extract_model_specific_args_from_model(args, model: torch.nn.Module) -> dict:
+    """The values on ``args`` of every argument that a (sub)model's ``add_model_specific_args``
+    declares."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for module in unwrap_module(model).modules():
+        add_args = getattr(type(module), "add_model_specific_args", None)
+        if add_args is None:
+            continue
+        try:
+            add_args(parser)
+        except argparse.ArgumentError:
+            pass  # a parent class already declared it
+    return {key: getattr(args, key) for key in vars(parser.parse_args([])) if hasattr(args, key)}
+
+
+def extract_model_specific_args_to_dump(args, model: torch.nn.Module) -> dict:
+    """The contents of ``model_config.json`` for ``model``."""
+    module = unwrap_module(model)
+    to_dump: dict = {"model_class": type(module).__name__}
+    if getattr(args, "tokenizer_type", "fake") != "fake":
+        to_dump["tokenizer_type"] = args.tokenizer_type
+    transformer = getattr(module, "transformer", None)
+    for name in _ARCH_ARGS:
+        # The backbone's value is the truth: a subclass may override what args says.
+        value = getattr(transformer, name, None)
+        value = value if value is not None else getattr(args, name, None)
+        if name == "model_parallel_size" and value is None:
+            value = mpu.get_model_parallel_world_size()
+        if value is not None:
+            to_dump[name] = value
+    # A model without a backbone of its own (EncoderDecoderModel) is built from args alone.
+    source = transformer if transformer is not None else args
+    for name, default in _OPTIONAL_ARCH_ARGS:
+        value = getattr(source, name, default)
+        if value != default:
+            to_dump[name] = value
+    to_dump.update(extract_model_specific_args_from_model(args, module))
+    return {key: value for key, value in to_dump.items() if _json_safe(key, value)}
+
+
+def save_model_config(args, model: torch.nn.Module, save_dir: str) -> None:
+    """Write ``<save_dir>/model_config.json`` (rank 0 only)."""
+    if global_rank() == 0:
+        config = extract_model_specific_args_to_dump(args, model)
+        if "tokenizer_type" in config:
+            from sat.tokenization import portable_tokenizer_type
+
+            config["tokenizer_type"] = portable_tokenizer_type(config["tokenizer_type"], save_dir)
+        atomic_write_text(os.path.join(save_dir, MODEL_CONFIG), json.dumps(config, indent=4))

@@ -1,0 +1,124 @@
+"""Loading a state dict into a module, including one built on the ``meta`` device
+(``skip_init``): the checkpoint's tensors become its weights, without a second copy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from sat.checkpoint.errors import CheckpointError
+
+
+def unwrap_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DeepSpeed engine (or a DDP wrapper); ``model`` itself otherwise."""
+    return model.module if hasattr(model, "module") else model
+
+
+def _locate(module: torch.nn.Module, key: str) -> tuple[torch.nn.Module, str]:
+    owner_path, _, name = key.rpartition(".")
+    return (module.get_submodule(owner_path) if owner_path else module), name
+
+
+def tensor_at(module: torch.nn.Module, key: str) -> torch.Tensor:
+    """The parameter or buffer of ``module`` that state-dict key ``key`` names."""
+    owner, name = _locate(module, key)
+    return owner._parameters[name] if name in owner._parameters else owner._buffers[name]
+
+
+def _set_tensor(owner: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    if name in owner._parameters:
+        owner._parameters[name] = value
+    else:
+        owner._buffers[name] = value
+
+
+def _assign_meta(module: torch.nn.Module, state: Mapping, keys: list[str], device: torch.device) -> None:
+    """Put checkpoint tensors in place of ``meta`` parameters (no copy when dtype and device
+    already match), keeping each parameter's flags and any sharing between modules.
+
+    Two parameters the model keeps apart never end up on one storage, even where the source
+    held one tensor for both (a tied HF embedding and sat's own ``lm_head``): the second gets a
+    copy, so training updates them separately, as it would after a save and reload.
+    """
+    replaced: dict[int, torch.Tensor] = {}
+    storages: set[int] = set()
+    for key in keys:
+        owner, name = _locate(module, key)
+        old = tensor_at(module, key)
+        if id(old) not in replaced:
+            tensor = state[key].to(device=device, dtype=old.dtype)
+            if tensor.numel() and tensor.data_ptr() in storages:
+                tensor = tensor.clone()
+            storages.add(tensor.data_ptr())
+            if isinstance(old, torch.nn.Parameter):
+                new = torch.nn.Parameter(tensor, requires_grad=old.requires_grad)
+                new.__dict__.update(old.__dict__)  # model_parallel and similar flags
+            else:
+                new = tensor
+            replaced[id(old)] = new
+        _set_tensor(owner, name, replaced[id(old)])
+
+
+def materialize_missing(module: torch.nn.Module, keys: list[str], device: torch.device) -> None:
+    """Give ``meta`` parameters that the checkpoint lacks real, initialised storage: owners that
+    lost every parameter are re-initialised with their own ``reset_parameters``, others get
+    zeros for the missing tensors."""
+    owners: dict[int, tuple[torch.nn.Module, list[str]]] = {}
+    for key in keys:
+        owner, name = _locate(module, key)
+        owners.setdefault(id(owner), (owner, []))[1].append(name)
+    for owner, names in owners.values():
+        for name in names:
+            old = owner._parameters[name] if name in owner._parameters else owner._buffers[name]
+            tensor = torch.zeros(old.shape, dtype=old.dtype, device=device)
+            if isinstance(old, torch.nn.Parameter):
+                new = torch.nn.Parameter(tensor, requires_grad=old.requires_grad)
+                new.__dict__.update(old.__dict__)
+                tensor = new
+            _set_tensor(owner, name, tensor)
+        own = [n for n, _ in owner.named_parameters(recurse=False)]
+        if set(own) <= set(names) and hasattr(owner, "reset_parameters"):
+            owner.reset_parameters()
+
+
+def apply_load_pre_hooks(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` after the ``load_state_dict`` pre-hooks of ``module`` and its submodules
+    ran on it (a model renaming keys of older checkpoints), as ``load_state_dict`` runs them."""
+    state = dict(state)
+    for prefix, submodule in module.named_modules():
+        for hook in submodule._load_state_dict_pre_hooks.values():
+            hook(state, f"{prefix}." if prefix else "", {}, False, [], [], [])
+    return state
+
+
+def load_state_dict_into(
+    module: torch.nn.Module, state: Mapping[str, torch.Tensor], device: torch.device | str = "cpu"
+) -> tuple[list[str], list[str]]:
+    """Load ``state`` into ``module`` (non-strict) and return ``(missing, unexpected)`` keys.
+
+    The module's ``load_state_dict`` pre-hooks apply first, on the meta path too (the copy path
+    runs them again through ``load_state_dict``, so they must be idempotent, as renames are).
+    Shapes are checked and every mismatch is reported by key. ``meta`` parameters (a
+    ``skip_init`` model) take the checkpoint's tensors; real ones are copied into.
+    """
+    state = apply_load_pre_hooks(module, state)
+    own = module.state_dict(keep_vars=True)
+    mismatched = [
+        f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
+        for key, value in state.items()
+        if key in own and tuple(value.shape) != tuple(own[key].shape)
+    ]
+    if mismatched:
+        raise CheckpointError(
+            "shape mismatch between checkpoint and model:\n  " + "\n  ".join(mismatched) + "\n(Is the model "
+            "configured as the checkpoint was, including model_parallel_size?)"
+        )
+    meta_keys = [key for key in own if key in state and own[key].is_meta]
+    copy_state = {key: value for key, value in state.items() if key in own and not own[key].is_meta}
+    if copy_state:
+        module.load_state_dict(copy_state, strict=False)
+    _assign_meta(module, state, meta_keys, torch.device(device))
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own]
+    return missing, unexpected

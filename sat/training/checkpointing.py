@@ -1,0 +1,196 @@
+"""Training checkpoints: ``save_checkpoint`` for a DeepSpeed engine or a plain module, and
+``load_training_state`` to continue a run.
+
+A checkpoint saved from a DeepSpeed engine (``training_main``) keeps the original layout
+(``sat.checkpoint``) and also carries what a run needs to continue exactly: the optimizer state
+(with ZeRO, DeepSpeed's per-rank shards next to the model file), the learning-rate schedule, the
+iteration, the data position and the random states of every rank (``rng_states_rank_XXXXX.pt``;
+rank 0's are also in the model file, as the original library wrote them, together with the
+model-parallel tracker's ``rng_tracker_states``). It is assembled in ``<iteration>.partial/`` and
+renamed to ``<iteration>/`` once every rank has written its part; ``latest`` moves last.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import torch
+import torch.distributed as dist
+
+from sat import mpu
+from sat.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    get_checkpoint_iteration,
+    get_checkpoint_name,
+    publish_checkpoint,
+    read_checkpoint_file,
+    read_latest,
+    rng_states,
+    rng_states_path,
+    save_dir_of,
+    save_module_checkpoint,
+)
+from sat.helpers import print_rank0
+from sat.runtime import barrier, global_rank
+
+
+def save_checkpoint(
+    iteration: int, model: torch.nn.Module, optimizer, lr_scheduler, args, client_state: dict | None = None
+) -> None:
+    """Save ``model`` as ``<args.save>/<iteration>`` and point ``latest`` at it.
+
+    For a plain module: its weights, one file per model-parallel rank (written by the first
+    data-parallel copy). For a DeepSpeed engine: the full training state (see the module
+    docstring), with ``client_state`` (e.g. the data position) added to the model file. Every
+    rank must call it.
+    """
+    if is_deepspeed_engine(model):
+        _save_engine_checkpoint(iteration, model, lr_scheduler, args, client_state or {})
+    else:
+        save_module_checkpoint(iteration, model, args)
+
+
+def is_deepspeed_engine(model) -> bool:
+    """Whether ``model`` is a DeepSpeed engine (what ``deepspeed.initialize`` returns)."""
+    ds = sys.modules.get("deepspeed")
+    return ds is not None and isinstance(model, ds.DeepSpeedEngine)
+
+
+def _broadcast_decision(value: bool) -> bool:
+    """Rank 0's ``value`` on every rank (a file-system check must not differ between ranks)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def _precision(engine) -> str:
+    return "bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32"
+
+
+def _full_state_dict(engine) -> dict[str, torch.Tensor]:
+    """The module's complete state dict on CPU, gathering ZeRO-3 partitions (a collective)."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+        return {key: value.detach().cpu().clone() for key, value in engine.module.state_dict().items()}
+
+
+def _save_engine_checkpoint(iteration: int, engine, lr_scheduler, args, client_state: dict) -> None:
+    save_dir = save_dir_of(args)
+    final = os.path.join(save_dir, str(iteration))
+    if _broadcast_decision(os.path.isdir(final) and read_latest(save_dir) == str(iteration)):
+        print_rank0(f"{final} is already the latest checkpoint; not saving iteration {iteration} again")
+        return
+    use_safe_checkpoint_engine(engine)
+    tag = f"{iteration}.partial"
+    partial = os.path.join(save_dir, tag)
+    if global_rank() == 0 and os.path.isdir(partial):  # left by a save that crashed
+        shutil.rmtree(partial)
+    barrier()
+    state = {
+        "iteration": iteration,
+        "client_lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
+        "zero_stage": engine.zero_optimization_stage(),
+        "dp_world_size": mpu.get_data_parallel_world_size(),
+        "precision": _precision(engine),
+        **client_state,
+    }
+    rng = None if getattr(args, "no_save_rng", False) else rng_states()
+    if rng is not None:
+        state.update(rng)
+    print_rank0(f"saving checkpoint {final}")
+    engine.save_checkpoint(save_dir, tag=tag, client_state=state, save_latest=False)
+    if engine.zero_optimization_partition_weights():
+        # ZeRO-3 writes only partitions; the original layout needs the whole module per MP rank.
+        module_state = _full_state_dict(engine)
+        if mpu.get_data_parallel_rank() == 0:
+            atomic_torch_save({"module": module_state, **state}, get_checkpoint_name(save_dir, tag))
+    if rng is not None:
+        atomic_torch_save(rng, rng_states_path(partial, global_rank()))
+    barrier()
+    if global_rank() == 0:
+        if os.path.isdir(final):  # left by a run that crashed before pointing ``latest`` at it
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        publish_checkpoint(iteration, engine.module, args, save_dir)
+    barrier()
+
+
+class _SafeCheckpointEngine:
+    """DeepSpeed's checkpoint engine with atomic writes and ``weights_only`` reads."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def save(self, state_dict, path: str) -> None:
+        atomic_torch_save(state_dict, path)
+
+    def load(self, path: str, map_location=None):
+        with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _deepspeed_safe_globals() -> list:
+    # The few plain-data classes DeepSpeed pickles into its optimizer files.
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def use_safe_checkpoint_engine(engine) -> None:
+    """Make ``engine`` write its checkpoint files atomically and read them with
+    ``weights_only=True`` (idempotent)."""
+    if not isinstance(engine.checkpoint_engine, _SafeCheckpointEngine):
+        engine.checkpoint_engine = _SafeCheckpointEngine(engine.checkpoint_engine)
+
+
+def load_training_state(engine, lr_scheduler, args, load_path: str | None = None) -> dict:
+    """Continue a run from the checkpoint in ``load_path`` (default ``args.load``), after
+    ``deepspeed.initialize``: restore the optimizer (with its ZeRO shards) and the learning-rate
+    schedule. Returns the checkpoint's client state: ``iteration``, ``data_position`` and, unless
+    ``--no-load-rng``, this rank's random states under ``"rng"`` (apply them with
+    ``restore_rng_states`` right before the next step). Weights-only checkpoints, and ones saved
+    with another ZeRO stage, precision or data-parallel size, restore the weights only (with
+    a warning); the optimizer then starts fresh.
+    """
+    load_path = load_path or args.load
+    iteration, release, _ = get_checkpoint_iteration(load_path)
+    path = get_checkpoint_name(load_path, iteration, release)
+    state = dict(read_checkpoint_file(path))
+    now = (engine.zero_optimization_stage(), mpu.get_data_parallel_world_size(), _precision(engine))
+    then = (state.get("zero_stage"), state.get("dp_world_size"), state.get("precision"))
+    if None in then:
+        print_rank0(f"{path} holds no optimizer state (weights only): the optimizer starts fresh.", "WARNING")
+    elif then != now:
+        print_rank0(
+            f"{path} was saved with (ZeRO stage, data-parallel size, precision) = {then}, this run uses {now}: "
+            "the optimizer state is not restored and starts fresh.",
+            level="WARNING",
+        )
+    else:
+        use_safe_checkpoint_engine(engine)
+        loaded, _ = engine.load_checkpoint(
+            load_path, tag=str(iteration), load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if loaded is None:
+            raise CheckpointError(f"DeepSpeed could not load the training state of {path}")
+    if lr_scheduler is not None and state.get("client_lr_scheduler"):
+        lr_scheduler.load_state_dict(state["client_lr_scheduler"])
+    if not getattr(args, "no_load_rng", False):
+        own = rng_states_path(os.path.dirname(path), global_rank())
+        if os.path.isfile(own):
+            state["rng"] = torch.load(own, weights_only=True)
+        elif "torch_rng_state" in state:
+            print_rank0(f"{own} is missing: every rank continues from rank 0's random states.", "WARNING")
+            state["rng"] = {key: state[key] for key in rng_states() if key in state}
+    return state
