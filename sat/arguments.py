@@ -1,8 +1,10 @@
-"""Command-line arguments (``get_args``), configuration files, distributed set-up and seeding.
+"""Command-line arguments (``get_args``) and argument files (``update_args_with_file``).
 
 ``get_args`` accepts every flag of the original library with the same defaults. It needs
-neither DeepSpeed nor CUDA: on a CPU machine it picks the gloo backend itself, and it creates a
-process group only for a multi-process launch or model parallelism.
+neither DeepSpeed nor CUDA: on a CPU machine it picks the gloo backend itself, and it has
+``sat.runtime`` create a process group only for a multi-process launch or model parallelism.
+The runtime functions the original library kept here (``initialize_distributed``,
+``set_random_seed``...) are re-exported from ``sat.runtime``.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 
-import numpy as np
 import torch
 
-from sat import mpu
-from sat.helpers import get_free_port, print_rank0
+from sat.helpers import print_rank0
+from sat.runtime import (  # initialize_distributed and the seed functions are public here too, as in the original
+    assign_device,
+    ensure_model_parallel,  # noqa: F401
+    initialize_distributed,
+    reset_random_seed,  # noqa: F401
+    set_random_seed,
+)
 
-_GLOBAL_RANDOM_SEED: int | None = None
 _TRAINING_CONFIG_DIR = os.path.join(os.path.dirname(__file__), "training")
 
 
@@ -268,8 +273,7 @@ def get_args(args_list: list[str] | None = None, parser: argparse.ArgumentParser
     args.world_size = int(os.getenv("WORLD_SIZE", "1"))
     if args.local_rank is None:
         args.local_rank = int(os.getenv("LOCAL_RANK", "0"))
-    if args.device == -1:
-        args.device = args.local_rank if torch.cuda.device_count() > 0 else "cpu"
+    assign_device(args)  # -1 (unset): the local rank's CUDA device, or "cpu"
     if args.distributed_backend is None:
         args.distributed_backend = "nccl" if args.cuda else "gloo"
     if args.rank == 0:
@@ -351,80 +355,3 @@ def overwrite_args_by_dict(args, overwrite_args: dict | None = None):
     if decoder_freq is not None:
         args.is_decoder = [i % decoder_freq == 0 for i in range(args.num_layers)]
     return args
-
-
-def initialize_distributed(args) -> bool:
-    """Initialise ``torch.distributed`` from ``args`` (rank, world size, backend; the address from
-    ``MASTER_ADDR``/``MASTER_PORT``) and the model-parallel groups. Returns False if it was
-    already initialised."""
-    if torch.distributed.is_initialized():
-        ensure_model_parallel(args.model_parallel_size)
-        return False
-    if args.device != "cpu" and torch.cuda.is_available():
-        torch.cuda.set_device(args.device)
-    master_addr = os.getenv("MASTER_ADDR", "127.0.0.1")
-    master_port = os.getenv("MASTER_PORT") or str(6000 if args.world_size > 1 else get_free_port())
-    torch.distributed.init_process_group(
-        backend=args.distributed_backend,
-        world_size=args.world_size,
-        rank=args.rank,
-        init_method=f"tcp://{master_addr}:{master_port}",
-    )
-    mpu.initialize_model_parallel(args.model_parallel_size)
-    return True
-
-
-def ensure_model_parallel(model_parallel_size: int) -> None:
-    """Make sure the model-parallel groups match ``model_parallel_size`` before a model is
-    built: nothing to do at size 1; otherwise use (or start, from the launcher's environment)
-    ``torch.distributed`` and create the groups."""
-    current = mpu.get_model_parallel_world_size()
-    if current == model_parallel_size:
-        return
-    if mpu.model_parallel_is_initialized():
-        raise ValueError(
-            f"model_parallel_size={model_parallel_size}, but the model-parallel groups were created with size "
-            f"{current}; call sat.mpu.destroy_model_parallel() first to change it"
-        )
-    if torch.distributed.is_initialized():
-        mpu.initialize_model_parallel(model_parallel_size)
-        return
-    world_size = int(os.getenv("WORLD_SIZE", "1"))
-    if world_size % model_parallel_size:
-        raise ValueError(
-            f"model_parallel_size={model_parallel_size} needs a multiple of {model_parallel_size} processes, "
-            f"this run has WORLD_SIZE={world_size}: launch with torchrun --nproc-per-node {model_parallel_size}"
-        )
-    env_args = argparse.Namespace(
-        rank=int(os.getenv("RANK", "0")),
-        world_size=world_size,
-        device=int(os.getenv("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu",
-        distributed_backend="nccl" if torch.cuda.is_available() else "gloo",
-        model_parallel_size=model_parallel_size,
-    )
-    initialize_distributed(env_args)
-
-
-def set_random_seed(seed: int | None) -> None:
-    """Seed Python, NumPy and torch (CPU, CUDA and the model-parallel tracker)."""
-    global _GLOBAL_RANDOM_SEED
-    if seed is None:
-        return
-    if seed <= 0:
-        raise ValueError(f"seed must be positive, got {seed}")
-    _GLOBAL_RANDOM_SEED = seed
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    mpu.model_parallel_cuda_manual_seed(seed)
-
-
-def reset_random_seed(scale: int = 1) -> None:
-    """Re-seed with the last seed times ``scale``."""
-    if _GLOBAL_RANDOM_SEED is None:
-        raise RuntimeError("set_random_seed was never called")
-    set_random_seed(_GLOBAL_RANDOM_SEED * scale)

@@ -2,16 +2,21 @@
 
 Messages go through the logger named ``sat``; its level comes from ``SAT_LOGLEVEL`` (or
 ``LOGLEVEL``), default INFO. In a distributed run each message carries its global rank.
+
+A leaf of the package: it imports no other sat module, so every layer can use it. Names that
+used to live here and moved to a higher layer stay importable through ``moved_names``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import shutil
 import socket
 import textwrap
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -92,32 +97,13 @@ def print_parser(parser: argparse.ArgumentParser, help_width: int = 32) -> None:
             print(f"{''.ljust(name_width)}  {line}")
 
 
-def _print_columns(items: list[str], spacing: int = 2) -> None:
+def print_columns(items: list[str], spacing: int = 2) -> None:
+    """Print ``items`` in as many columns as the terminal is wide enough for."""
     width = max(len(s) for s in items) + spacing
     columns = max(1, shutil.get_terminal_size().columns // width)
     rows = (len(items) + columns - 1) // columns
     for row in range(rows):
         print("".join(items[row + col * rows].ljust(width) for col in range(columns) if row + col * rows < len(items)))
-
-
-def list_avail_models() -> list[str]:
-    """Print and return the model classes in ``sat.model.official``."""
-    from sat.model import official
-
-    names = sorted(name for name in dir(official) if isinstance(getattr(official, name), type))
-    print('Available model definitions (example: "from sat.model import GPT2Model"):')
-    _print_columns(names)
-    return names
-
-
-def list_avail_pretrained() -> list[str]:
-    """Print and return the names ``from_pretrained`` can download (``MODEL_URLS``)."""
-    from sat.resources.urls import MODEL_URLS
-
-    names = list(MODEL_URLS)
-    print('Available pretrained models (example: sat.AutoModel.from_pretrained("roberta-base")):')
-    _print_columns(names)
-    return names
 
 
 def get_free_port() -> int:
@@ -127,9 +113,25 @@ def get_free_port() -> int:
         return s.getsockname()[1]
 
 
-def check_if_zero3(args: argparse.Namespace) -> bool:
-    """True when ``args`` asks for DeepSpeed ZeRO stage 3."""
-    config = getattr(args, "deepspeed_config", None)
-    if isinstance(config, dict):
-        return config.get("zero_optimization", {}).get("stage", 0) == 3
-    return getattr(args, "zero_stage", 0) == 3 and getattr(args, "deepspeed", False)
+def moved_names(module_name: str, moved: Mapping[str, str]) -> Callable[[str], object]:
+    """A module-level ``__getattr__`` for names that moved to a higher layer but stay public at
+    their old path: ``moved`` maps each name to its new module, imported on first access (an
+    import at the old place would run the wrong way through the layers). Use as
+    ``__getattr__ = moved_names(__name__, {"name": "new.module"})``."""
+
+    def __getattr__(name: str) -> object:
+        if name in moved:
+            return getattr(importlib.import_module(moved[name]), name)
+        raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+__getattr__ = moved_names(
+    __name__,
+    {
+        "check_if_zero3": "sat.runtime",
+        "list_avail_models": "sat.model.auto",
+        "list_avail_pretrained": "sat.resources",
+    },
+)

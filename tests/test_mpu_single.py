@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from sat import mpu
 from sat.model import BaseModel
 from sat.mpu.partition import merge_strided, split_strided
+from sat.runtime import ensure_model_parallel
 
 
 def test_accessors_without_process_group():
@@ -28,10 +29,17 @@ def test_building_and_running_a_model_creates_no_process_group():
     assert not torch.distributed.is_initialized()
 
 
-def test_model_parallel_size_above_one_needs_processes():
+def test_building_a_model_parallel_model_never_starts_a_process_group():
     args = BaseModel.get_args(num_layers=1, hidden_size=16, num_attention_heads=2, model_parallel_size=2)
-    with pytest.raises(ValueError, match="needs a multiple of 2 processes, this run has WORLD_SIZE=1"):
+    with pytest.raises(RuntimeError, match=r"needs torch.distributed.*sat.runtime.ensure_model_parallel\(2\)"):
         BaseModel(args)
+    assert not torch.distributed.is_initialized()
+
+
+def test_model_parallel_size_above_one_needs_processes(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ValueError, match="needs a multiple of 2 processes, this run has WORLD_SIZE=1"):
+        ensure_model_parallel(2)
     assert not torch.distributed.is_initialized()
 
 

@@ -5,10 +5,10 @@ and ``save_hf(model, directory)`` go the other way. One declarative state-dict m
 (``sat/hf/families/``), dispatched by the HF config's ``model_type``.
 """
 
+from sat.checkpoint import is_hf_directory
 from sat.hf.convert import (
     from_hf,
     hf_to_sat_state_dict,
-    is_hf_directory,
     read_hf_weights,
     sat_to_hf_state_dict,
     save_hf,

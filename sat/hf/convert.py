@@ -13,18 +13,12 @@ from collections.abc import Mapping
 
 import torch
 
+from sat.checkpoint import load_state_dict_into
 from sat.hf.family import Family, family_for_model_type, family_for_sat_model
 from sat.hf.mapping import MappingError
-
-
-def is_hf_directory(path: str) -> bool:
-    """A ``transformers`` model directory (``config.json`` with a ``model_type``), not a sat
-    checkpoint."""
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config) or os.path.isfile(os.path.join(path, "model_config.json")):
-        return False
-    with open(config, encoding="utf-8") as f:
-        return "model_type" in json.load(f)
+from sat.model.auto import get_model_class
+from sat.model.build import get_model
+from sat.runtime import resolve_device
 
 
 def read_hf_weights(directory: str) -> dict[str, torch.Tensor]:
@@ -76,10 +70,7 @@ def _read_source(source) -> tuple[object, dict[str, torch.Tensor]]:
 
 
 def _sat_args(family: Family, config) -> argparse.Namespace:
-    from sat.model import model_registry
-
-    model_cls = model_registry.get(family.sat_class)
-    return model_cls.get_args(**family.config_to_args(config))
+    return get_model_class(family.sat_class).get_args(**family.config_to_args(config))
 
 
 def hf_to_sat_state_dict(hf_state: Mapping[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
@@ -111,11 +102,6 @@ def from_hf(source, **overrides) -> tuple[torch.nn.Module, argparse.Namespace]:
     Returns:
         ``(model, args)``, the model in eval mode.
     """
-    import sat.model.official  # noqa: F401  (registers the classes)
-    from sat.model import model_registry
-    from sat.model.base_model import get_model
-    from sat.training.model_io import load_state_dict_into
-
     config, hf_state = _read_source(source)
     family = family_for_model_type(config.model_type)
     args = _sat_args(family, config)
@@ -124,10 +110,9 @@ def from_hf(source, **overrides) -> tuple[torch.nn.Module, argparse.Namespace]:
     state_map = family.state_map(args)
     sat_state = state_map.hf_to_sat(family.prepare_hf_state(dict(hf_state), config), family.context(args))
     args.skip_init = True  # weights come from the source: build on meta, no random init
-    model = get_model(args, model_registry.get(family.sat_class))
+    model = get_model(args, get_model_class(family.sat_class))
     args.skip_init = False
-    device = torch.device("cuda", args.device) if isinstance(args.device, int) else torch.device(args.device)
-    missing, unexpected = load_state_dict_into(model, sat_state, device)
+    missing, unexpected = load_state_dict_into(model, sat_state, resolve_device(args))
     missing = [key for key in missing if key not in state_map.sat_only]
     if missing or unexpected:
         raise MappingError(f"{family.name}: the translated state dict misses {missing} and has extra {unexpected}")

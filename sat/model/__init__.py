@@ -1,7 +1,9 @@
 """Models: the backbone, mixins, the registry and ``AutoModel``; the zoo's classes
 (``sat.model.official``) are importable from here too, loaded on first use."""
 
-from sat.model.base_model import AutoModel, BaseMixin, BaseModel, get_model, non_conflict, replacable
+from sat.model.auto import AutoModel, get_model_class, list_avail_models
+from sat.model.base_model import BaseMixin, BaseModel, non_conflict, replacable
+from sat.model.build import get_model
 from sat.model.registry import model_registry
 from sat.model.transformer import BaseTransformer
 
@@ -11,6 +13,8 @@ __all__ = [
     "BaseModel",
     "BaseTransformer",
     "get_model",
+    "get_model_class",
+    "list_avail_models",
     "model_registry",
     "non_conflict",
     "replacable",

@@ -9,13 +9,15 @@ from collections.abc import Callable
 import torch
 
 from sat.config import TransformerConfig
-from sat.helpers import print_all, print_rank0
+from sat.helpers import moved_names, print_rank0
+from sat.model.build import get_model
 from sat.model.hooks import HookError, collect_hooks, describe_chains, non_conflict, replacable
+from sat.model.pretrained import load_pretrained
 from sat.model.registry import MetaModel
 from sat.model.transformer import BaseTransformer
+from sat.runtime import init_device, require_model_parallel
 
 __all__ = [
-    "AutoModel",
     "BaseMixin",
     "BaseModel",
     "HookError",
@@ -59,9 +61,8 @@ class BaseModel(torch.nn.Module, metaclass=MetaModel):
         if transformer is not None:
             self.transformer = transformer
             return
-        from sat.arguments import ensure_model_parallel
-
-        ensure_model_parallel(getattr(args, "model_parallel_size", 1))
+        # Never starts torch.distributed (get_args, training_main and from_pretrained do).
+        require_model_parallel(getattr(args, "model_parallel_size", 1))
         self._weights_may_be_missing = kwargs.get("skip_init", getattr(args, "skip_init", False))
         # The subclass's keywords win over args: it knows its architecture best.
         architecture = {key: value for key, value in kwargs.items() if key in _ARCHITECTURE_FIELDS}
@@ -69,7 +70,7 @@ class BaseModel(torch.nn.Module, metaclass=MetaModel):
             hooks=self.hooks,
             params_dtype=params_dtype,
             skip_init=getattr(args, "skip_init", False),
-            device=_init_device(args),
+            device=init_device(args),
         )
         build.update({key: value for key, value in kwargs.items() if key not in _ARCHITECTURE_FIELDS})
         try:
@@ -221,8 +222,6 @@ class BaseModel(torch.nn.Module, metaclass=MetaModel):
         Returns:
             ``(model, args)``.
         """
-        from sat.model.pretrained import load_pretrained
-
         return load_pretrained(
             cls,
             name,
@@ -239,93 +238,5 @@ class BaseModel(torch.nn.Module, metaclass=MetaModel):
     from_pretrained_base = from_pretrained
 
 
-class AutoModel:
-    """Builds whatever class a checkpoint's ``model_config.json`` names (``model_class``)."""
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name: str,
-        args: argparse.Namespace | None = None,
-        *,
-        home_path: str | None = None,
-        url: str | None = None,
-        prefix: str = "",
-        build_only: bool = False,
-        use_node_group: bool = True,
-        overwrite_args: dict | None = None,
-        **kwargs,
-    ) -> tuple[torch.nn.Module, argparse.Namespace]:
-        """Same arguments and result as ``BaseModel.from_pretrained``; the class comes from
-        the checkpoint."""
-        from sat.model.pretrained import load_pretrained
-
-        return load_pretrained(
-            None,
-            name,
-            args,
-            home_path=home_path,
-            url=url,
-            prefix=prefix,
-            build_only=build_only,
-            use_node_group=use_node_group,
-            overwrite_args=overwrite_args,
-            **kwargs,
-        )
-
-    from_pretrained_base = from_pretrained
-
-
-def _init_device(args) -> torch.device:
-    if getattr(args, "use_gpu_initialization", False):
-        if not torch.cuda.is_available():
-            raise ValueError("use_gpu_initialization is set but CUDA is not available")
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def resolve_device(args) -> torch.device:
-    """The device ``args.device`` names (an index means that CUDA device); the current CUDA
-    device, or CPU, when unset (``-1`` or absent)."""
-    device = getattr(args, "device", None)
-    if device is None or device == -1:
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    if isinstance(device, int):
-        return torch.device("cuda", device)
-    return torch.device(device)
-
-
-def get_model(args, model_cls: type[torch.nn.Module], **kwargs) -> torch.nn.Module:
-    """Build ``model_cls(args)`` in the dtype ``args.fp16``/``args.bf16`` ask for, on
-    ``args.device`` (models built with ``skip_init`` stay on ``meta`` until loaded)."""
-    from sat import mpu
-    from sat.helpers import check_if_zero3
-
-    print_rank0(f"building {model_cls.__name__} model ...")
-    params_dtype = kwargs.pop("params_dtype", None)
-    if params_dtype is None:
-        params_dtype = _dtype_from_args(args)
-    if check_if_zero3(args):
-        import deepspeed
-
-        with deepspeed.zero.Init(config_dict_or_path=args.deepspeed_config):
-            model = model_cls(args, params_dtype=params_dtype, **kwargs)
-    else:
-        model = model_cls(args, params_dtype=params_dtype, **kwargs)
-    if mpu.get_data_parallel_rank() == 0:
-        count = sum(p.numel() for p in model.parameters())
-        print_all(f" > number of parameters on model parallel rank {mpu.get_model_parallel_rank()}: {count}")
-    model = model.to(params_dtype)
-    device = resolve_device(args)
-    args.device = device.index if device.type == "cuda" else device.type
-    if not any(p.is_meta for p in model.parameters()):
-        model = model.to(device)
-    return model
-
-
-def _dtype_from_args(args) -> torch.dtype:
-    if getattr(args, "fp16", False):
-        return torch.half
-    if getattr(args, "bf16", False):
-        return torch.bfloat16
-    return torch.float32
+# AutoModel lived here in the original library; it is above the zoo now (sat.model.auto).
+__getattr__ = moved_names(__name__, {"AutoModel": "sat.model.auto"})

@@ -1,4 +1,8 @@
-"""``from_pretrained``: find a checkpoint (local or downloaded), build its model, load it."""
+"""``from_pretrained``: find a checkpoint (local or downloaded), build its model, load it.
+
+The caller passes the class (``BaseModel.from_pretrained`` its own, ``AutoModel`` the one
+``model_config.json`` names), so this module needs neither the registry nor the zoo.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ import os
 import torch
 
 from sat.arguments import overwrite_args_by_dict, update_args_with_file
-from sat.model.registry import model_registry
-from sat.training.model_io import CheckpointError, load_checkpoint
+from sat.checkpoint import is_hf_directory, load_checkpoint, model_config_path
+from sat.model.build import get_model
+from sat.runtime import ensure_model_parallel
 
 
 def resolve_checkpoint_dir(name: str, home_path: str | None = None, url: str | None = None) -> str:
@@ -36,33 +41,26 @@ def load_pretrained(
     overwrite_args: dict | None = None,
     **kwargs,
 ) -> tuple[torch.nn.Module, argparse.Namespace]:
-    """Shared body of ``BaseModel.from_pretrained`` and ``AutoModel.from_pretrained``
-    (``model_cls=None``: the class named by ``model_config.json``). Returns ``(model, args)``."""
-    from sat.model.base_model import get_model
-
+    """Shared body of ``BaseModel.from_pretrained`` and ``AutoModel.from_pretrained``: build
+    ``model_cls`` from the checkpoint ``name`` and load it. ``model_cls`` may be None only for a
+    ``transformers`` directory, whose config says what to build. Returns ``(model, args)``."""
     model_dir = resolve_checkpoint_dir(name, home_path, url)
-    from sat.hf.convert import is_hf_directory
-
     if is_hf_directory(model_dir):
         return _load_hf_directory(model_cls, model_dir, overwrite_args, build_only)
-    config_path = os.path.join(model_dir, "model_config.json")
-    if not os.path.isfile(config_path):
-        raise CheckpointError(f"{model_dir} has no model_config.json; not a sat checkpoint directory")
-    fill_defaults = args is None
-    args = update_args_with_file(args if args is not None else argparse.Namespace(), config_path)
-    args = overwrite_args_by_dict(args, overwrite_args)
     if model_cls is None:
-        if not hasattr(args, "model_class"):
-            raise CheckpointError(f"{config_path} has no 'model_class'; AutoModel cannot tell which class to build")
-        import sat.model.official  # noqa: F401  (registers the zoo's classes)
-
-        model_cls = model_registry.get(args.model_class)
+        raise ValueError(f"load_pretrained needs the model class to build from the sat checkpoint {model_dir}")
+    fill_defaults = args is None
+    args = update_args_with_file(args if args is not None else argparse.Namespace(), model_config_path(model_dir))
+    args = overwrite_args_by_dict(args, overwrite_args)
     if fill_defaults and hasattr(model_cls, "get_args"):
         for key, value in vars(model_cls.get_args()).items():
             if not hasattr(args, key):
                 setattr(args, key, value)
     specific_iteration = kwargs.pop("specific_iteration", None)
 
+    # Loading may start torch.distributed (building never does), so that a script under
+    # torchrun loads a model-parallel checkpoint with no set-up of its own, as with the original.
+    ensure_model_parallel(getattr(args, "model_parallel_size", 1))
     # Build on the meta device and let the checkpoint's tensors become the weights: no random
     # initialisation, no second copy of the model in memory.
     build_args = copy.copy(args)
@@ -76,7 +74,7 @@ def load_pretrained(
 
 def _load_hf_directory(model_cls, model_dir: str, overwrite_args: dict | None, build_only: bool):
     """``from_pretrained`` on a ``transformers`` directory: translate it with ``sat.hf``."""
-    from sat.hf import from_hf
+    from sat.hf import from_hf  # the one upward import: sat.hf builds on sat.model
 
     if build_only:
         raise ValueError(f"build_only is not supported for the transformers directory {model_dir}")

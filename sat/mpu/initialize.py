@@ -35,7 +35,7 @@ def initialize_model_parallel(model_parallel_size: int) -> None:
     if not _distributed():
         raise RuntimeError(
             "initialize_model_parallel needs torch.distributed to be initialised first "
-            "(launch with torchrun/deepspeed and call sat.arguments.initialize_distributed)."
+            "(launch with torchrun/deepspeed and call sat.runtime.initialize_distributed)."
         )
     if model_parallel_is_initialized():
         raise RuntimeError("model parallel groups are already initialised; call destroy_model_parallel first")

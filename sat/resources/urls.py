@@ -4,6 +4,10 @@
 downloaded anonymously (see ``sat.resources.download``).
 """
 
+from __future__ import annotations
+
+from sat.helpers import print_columns
+
 MODEL_URLS: dict[str, str] = {
     "bert-base-uncased": "https://cloud.tsinghua.edu.cn/d/dd80f9d39d454bc29ce4/files/?p=%2Fbert-base-uncased.zip&dl=1",
     "bert-large-uncased": "https://cloud.tsinghua.edu.cn/d/dd80f9d39d454bc29ce4/files/?p=%2Fbert-large-uncased.zip&dl=1",
@@ -47,3 +51,11 @@ MODEL_URLS: dict[str, str] = {
     "dpr-question_encoder-single-nq-base": "https://cloud.tsinghua.edu.cn/f/5c4aae7d11fc4c45a5bd/?dl=1",
     "dpr-reader-single-nq-base": "https://cloud.tsinghua.edu.cn/f/e169889ab40d4615a34d/?dl=1",
 }
+
+
+def list_avail_pretrained() -> list[str]:
+    """Print and return the names ``from_pretrained`` can download (``MODEL_URLS``)."""
+    names = list(MODEL_URLS)
+    print('Available pretrained models (example: sat.AutoModel.from_pretrained("roberta-base")):')
+    print_columns(names)
+    return names

@@ -5,7 +5,7 @@ Flow: name the experiment, build the data loaders, build (or move) the model, lo
 run ``init_function``, wrap the model in a DeepSpeed engine with a torch optimizer, then train:
 every ``log_interval`` a log line, every ``save_interval`` a checkpoint, every
 ``eval_interval`` an evaluation, a final checkpoint and a test evaluation at the end. A
-checkpoint holds everything a run needs to continue exactly (``sat.training.model_io``).
+checkpoint holds everything a run needs to continue exactly (``sat.training.checkpointing``).
 
 Callbacks (the original library's contracts):
 
@@ -44,20 +44,14 @@ import torch
 import torch.distributed as dist
 
 from sat import mpu
-from sat.arguments import initialize_distributed, set_random_seed
+from sat.checkpoint import load_checkpoint, restore_rng_states, rng_states
 from sat.data_utils import make_loaders
 from sat.data_utils.samplers import DistributedBatchSampler
 from sat.helpers import get_free_port, print_all, print_rank0
-from sat.model.base_model import get_model, resolve_device
+from sat.model.build import get_model
+from sat.runtime import assign_device, initialize_distributed, set_random_seed
+from sat.training.checkpointing import load_training_state, save_checkpoint, use_safe_checkpoint_engine
 from sat.training.learning_rates import AnnealingLR, get_learning_rate_scheduler
-from sat.training.model_io import (
-    load_checkpoint,
-    load_training_state,
-    restore_rng_states,
-    rng_states,
-    save_checkpoint,
-    use_safe_checkpoint_engine,
-)
 from sat.training.utils import Timers, get_sample_writer, init_wandb_writer, log_scalars, print_args, report_memory
 from sat.transformer_defaults import NO_WD_MODULES
 
@@ -239,9 +233,7 @@ def experiment_name(args) -> str:
 
 
 def _to_device(model: torch.nn.Module, args) -> torch.nn.Module:
-    device = resolve_device(args)
-    args.device = device.index if device.type == "cuda" else device.type
-    return model.to(device)
+    return model.to(assign_device(args))
 
 
 def get_params_for_weight_decay_optimization(module: torch.nn.Module) -> list[dict]:

@@ -31,7 +31,7 @@ from sat.ops.linear import linear
 
 def _load_plain_layer(module, state_dict: dict, prefix: str, *args) -> None:
     # load_state_dict pre-hook: a checkpoint of the unwrapped layer loads into ``original``
-    # (a base model's checkpoint into a LoRA model). Idempotent, as sat.training.model_io needs.
+    # (a base model's checkpoint into a LoRA model). Idempotent, as sat.checkpoint needs.
     for name in ("weight", "bias"):
         if prefix + name in state_dict and prefix + "original." + name not in state_dict:
             state_dict[prefix + "original." + name] = state_dict.pop(prefix + name)
