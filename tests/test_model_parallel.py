@@ -13,7 +13,7 @@ from sat import mpu
 from sat.model import AutoModel, BaseModel
 from sat.model.official import BertModel, GPT2Model, LLaMAModel, T5Model
 from sat.mpu.partition import split_strided
-from sat.mpu.reshard import main as reshard_main
+from sat.tools.reshard import main as reshard_main
 from sat.training.model_io import save_checkpoint
 
 pytestmark = pytest.mark.multiprocess

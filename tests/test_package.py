@@ -101,3 +101,53 @@ def test_print_rank0_and_loglevel(sat_log):
         env={"SAT_LOGLEVEL": "WARNING"},
     )
     assert "info line" not in quiet.stderr and "warn line" in quiet.stderr
+
+
+def test_names_that_moved_keep_their_old_paths():
+    import pytest
+
+    import sat.arguments
+    import sat.checkpoint
+    import sat.helpers
+    import sat.model.auto
+    import sat.model.base_model
+    import sat.mpu.reshard
+    import sat.resources
+    import sat.runtime
+    import sat.tools.reshard
+    import sat.training.checkpointing
+    import sat.training.model_io
+
+    # Up a layer: resolved on first access through sat.helpers.moved_names.
+    assert sat.helpers.list_avail_models is sat.model.auto.list_avail_models
+    assert sat.helpers.list_avail_pretrained is sat.resources.list_avail_pretrained
+    assert sat.helpers.check_if_zero3 is sat.runtime.check_if_zero3
+    assert sat.model.base_model.AutoModel is sat.model.auto.AutoModel
+    assert sat.mpu.reshard.reshard_checkpoint is sat.tools.reshard.reshard_checkpoint
+    assert sat.mpu.reshard.main is sat.tools.reshard.main
+    assert sat.mpu.reshard.shard_path is sat.checkpoint.shard_path
+    with pytest.raises(AttributeError, match="module 'sat.helpers' has no attribute 'no_such_name'"):
+        sat.helpers.no_such_name  # noqa: B018
+    # Down a layer: plain re-exports.
+    for name in ("initialize_distributed", "ensure_model_parallel", "set_random_seed", "reset_random_seed"):
+        assert getattr(sat.arguments, name) is getattr(sat.runtime, name)
+    assert sat.training.model_io.load_checkpoint is sat.checkpoint.load_checkpoint
+    assert sat.training.model_io.save_checkpoint is sat.training.checkpointing.save_checkpoint
+
+
+def test_model_class_lookup_imports_the_zoo_itself():
+    result = _run(
+        "import sys\n"
+        "from sat.model.auto import get_model_class\n"
+        "assert 'sat.model.official' not in sys.modules\n"
+        "print(get_model_class('GPT2Model').__module__)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "sat.model.official.gpt2_model"
+
+
+def test_old_reshard_command_runs_the_tool():
+    for module in ("sat.tools.reshard", "sat.mpu.reshard"):
+        result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "Split or merge a sat checkpoint" in result.stdout

@@ -309,7 +309,7 @@ def test_model_parallel_training_follows_the_single_process_losses(tmp_path, sta
     initial weights (drawn whole, then sharded) and data, so the same loss at every step; the
     merged final weights equal the single process's (within 1e-5)."""
     from sat.model import AutoModel
-    from sat.mpu.reshard import main as reshard_main
+    from sat.tools.reshard import main as reshard_main
 
     argv = [
         *ARGV, "--hidden-dropout", "0", "--attention-dropout", "0", "--gradient-accumulation-steps", "1",

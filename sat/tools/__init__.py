@@ -1,0 +1,1 @@
+"""Offline command-line tools, apart from the library they drive (``python -m sat.tools.<name>``)."""
