@@ -15,6 +15,7 @@ import os
 
 import torch
 
+from sat.config import LAYERNORM_ORDERS, cli_default
 from sat.helpers import print_rank0
 from sat.runtime import (  # initialize_distributed and the seed functions are public here too, as in the original
     assign_device,
@@ -30,23 +31,41 @@ _TRAINING_CONFIG_DIR = os.path.join(os.path.dirname(__file__), "training")
 def add_model_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Model architecture arguments."""
     group = parser.add_argument_group("model", "model configuration")
-    group.add_argument("--num-layers", type=int, default=6, help="num of layers")
-    group.add_argument("--hidden-size", type=int, default=1024, help="transformer hidden size")
-    group.add_argument("--num-attention-heads", type=int, default=16, help="num of transformer attention heads")
-    group.add_argument("--vocab-size", type=int, default=100, help="vocab size; the size of word_embeddings")
+    group.add_argument("--num-layers", type=int, default=cli_default("num_layers"), help="num of layers")
+    group.add_argument("--hidden-size", type=int, default=cli_default("hidden_size"), help="transformer hidden size")
     group.add_argument(
-        "--max-sequence-length", type=int, default=512, help="maximum number of position embeddings to use"
+        "--num-attention-heads",
+        type=int,
+        default=cli_default("num_attention_heads"),
+        help="num of transformer attention heads",
+    )
+    group.add_argument(
+        "--vocab-size", type=int, default=cli_default("vocab_size"), help="vocab size; the size of word_embeddings"
+    )
+    group.add_argument(
+        "--max-sequence-length",
+        type=int,
+        default=cli_default("max_sequence_length"),
+        help="maximum number of position embeddings to use",
     )
     group.add_argument(
         "--layernorm-order",
         type=str,
-        default="pre",
-        choices=["post", "pre", "sandwich"],
+        default=cli_default("layernorm_order"),
+        choices=LAYERNORM_ORDERS,
         help='where the layer norms go: "pre", "post" or "sandwich"',
     )
-    group.add_argument("--inner-hidden-size", type=int, default=None, help="MLP inner size; None means 4 * hidden-size")
     group.add_argument(
-        "--hidden-size-per-attention-head", type=int, default=None, help="None means hidden-size / heads"
+        "--inner-hidden-size",
+        type=int,
+        default=cli_default("inner_hidden_size"),
+        help="MLP inner size; None means 4 * hidden-size",
+    )
+    group.add_argument(
+        "--hidden-size-per-attention-head",
+        type=int,
+        default=cli_default("hidden_size_per_attention_head"),
+        help="None means hidden-size / heads",
     )
     group.add_argument("--model-parallel-size", type=int, default=1, help="size of tensor model parallelism")
     group.add_argument("--skip-init", action="store_true", help="skip initialisation (weights must be loaded)")
@@ -54,16 +73,37 @@ def add_model_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     group.add_argument(
         "--num-multi-query-heads",
         type=int,
-        default=0,
+        default=cli_default("num_multi_query_heads"),
         help="number of key/value heads (0: multi-head attention)",
     )
-    group.add_argument("--is-gated-mlp", action="store_true", help="gated MLP (GLU), as in LLaMA")
-    group.add_argument("--is-rotary-emb", action="store_true", help="built-in rotary position embedding")
-    group.add_argument("--rotary-base", type=float, default=10000.0, help="frequency base of the rotary embedding")
-    group.add_argument("--layernorm-epsilon", type=float, default=1e-5, help="layer norm epsilon")
-    group.add_argument("--hidden-dropout", type=float, default=0.1, help="dropout probability of hidden states")
-    group.add_argument("--attention-dropout", type=float, default=0.1, help="dropout probability of attention weights")
-    group.add_argument("--drop-path", type=float, default=0.0, help="drop path probability")
+    group.add_argument(
+        "--is-gated-mlp", action="store_true", default=cli_default("is_gated_mlp"), help="gated MLP (GLU), as in LLaMA"
+    )
+    group.add_argument(
+        "--is-rotary-emb",
+        action="store_true",
+        default=cli_default("is_rotary_emb"),
+        help="built-in rotary position embedding",
+    )
+    group.add_argument(
+        "--rotary-base", type=float, default=cli_default("rotary_base"), help="frequency base of the rotary embedding"
+    )
+    group.add_argument(
+        "--layernorm-epsilon", type=float, default=cli_default("layernorm_epsilon"), help="layer norm epsilon"
+    )
+    group.add_argument(
+        "--hidden-dropout",
+        type=float,
+        default=cli_default("hidden_dropout"),
+        help="dropout probability of hidden states",
+    )
+    group.add_argument(
+        "--attention-dropout",
+        type=float,
+        default=cli_default("attention_dropout"),
+        help="dropout probability of attention weights",
+    )
+    group.add_argument("--drop-path", type=float, default=cli_default("drop_path"), help="drop path probability")
     group.add_argument(
         "--make-vocab-size-divisible-by",
         type=int,
@@ -73,6 +113,7 @@ def add_model_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     group.add_argument(
         "--parallel-output",
         action="store_true",
+        default=cli_default("parallel_output"),
         help="keep model-parallel logits split (for mpu.vocab_parallel_cross_entropy)",
     )
     return parser
@@ -96,9 +137,24 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     )
     group.add_argument("--seed", type=int, default=1234, help="random seed")
     group.add_argument("--zero-stage", type=int, default=0, choices=[0, 1, 2, 3], help="DeepSpeed ZeRO stage")
-    group.add_argument("--checkpoint-activations", action="store_true", help="recompute activations in backward")
-    group.add_argument("--checkpoint-num-layers", type=int, default=1, help="layers per checkpointed chunk")
-    group.add_argument("--checkpoint-skip-layers", type=int, default=0, help="do not checkpoint the last N layers")
+    group.add_argument(
+        "--checkpoint-activations",
+        action="store_true",
+        default=cli_default("checkpoint_activations"),
+        help="recompute activations in backward",
+    )
+    group.add_argument(
+        "--checkpoint-num-layers",
+        type=int,
+        default=cli_default("checkpoint_num_layers"),
+        help="layers per checkpointed chunk",
+    )
+    group.add_argument(
+        "--checkpoint-skip-layers",
+        type=int,
+        default=cli_default("checkpoint_skip_layers"),
+        help="do not checkpoint the last N layers",
+    )
     group.add_argument("--fp16", action="store_true", help="train in fp16")
     group.add_argument("--bf16", action="store_true", help="train in bf16")
     group.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step")
