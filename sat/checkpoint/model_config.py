@@ -13,38 +13,14 @@ from sat import mpu
 from sat.checkpoint.atomic import atomic_write_text
 from sat.checkpoint.layout import MODEL_CONFIG
 from sat.checkpoint.state_dict import unwrap_module
+from sat.config import saved_fields
 from sat.runtime import global_rank
 
-# Always written to model_config.json, in the original's order.
-_ARCH_ARGS = (
-    "num_layers",
-    "hidden_size",
-    "num_attention_heads",
-    "vocab_size",
-    "layernorm_order",
-    "model_parallel_size",
-    "max_sequence_length",
-)
-# Optional architecture arguments: written to model_config.json only when not the default.
-_OPTIONAL_ARCH_ARGS = (
-    ("is_decoder", False),
-    ("cross_attn_hidden_size", None),
-    ("use_bias", True),
-    ("use_qkv_bias", False),
-    ("inner_hidden_size", None),
-    ("hidden_size_per_attention_head", None),
-    ("cross_hidden_size_per_attention_head", None),
-    ("use_final_layernorm", True),
-    ("layernorm_epsilon", 1e-5),
-    ("num_multi_query_heads", 0),
-    ("cross_num_multi_query_heads", 0),
-    ("row_parallel_linear_final_bias", True),
-    ("is_gated_mlp", False),
-    ("is_rotary_emb", False),
-    ("rotary_base", 10000.0),
-    ("parallel_output", False),
-    ("num_experts", 1),
-)
+# Always written: the architecture fields TransformerConfig marks "always", and the model-parallel
+# size the shards were written with (a property of the files, not of the architecture).
+_ARCH_ARGS = (*saved_fields("always"), "model_parallel_size")
+# Written only when they differ from their default.
+_OPTIONAL_ARCH_ARGS = saved_fields("changed")
 
 
 def _json_safe(name: str, value) -> bool:
@@ -88,7 +64,7 @@ def extract_model_specific_args_to_dump(args, model: torch.nn.Module) -> dict:
             to_dump[name] = value
     # A model without a backbone of its own (EncoderDecoderModel) is built from args alone.
     source = transformer if transformer is not None else args
-    for name, default in _OPTIONAL_ARCH_ARGS:
+    for name, default in _OPTIONAL_ARCH_ARGS.items():
         value = getattr(source, name, default)
         if value != default:
             to_dump[name] = value
