@@ -2,10 +2,8 @@
 
 ``HOOKS_DEFAULT`` and ``HOOK_SPECS`` live in ``sat.model.hook_specs``, the default computations
 in the backbone's modules (``sat.model.layers``, ``sat.model.transformer``), ``ARGS_DEFAULT``
-in ``sat.config``.
+in ``sat.config``, ``NO_WD_MODULES`` in ``sat.ops.layernorm``.
 """
-
-import torch
 
 from sat.config import ARGS_DEFAULT
 from sat.model.hook_specs import (
@@ -22,7 +20,7 @@ from sat.model.hook_specs import (
     word_embedding_forward_default,
 )
 from sat.model.layers import attention_fn_default, standard_attention
-from sat.ops.layernorm import LayerNorm, RMSNorm
+from sat.ops.layernorm import NO_WD_MODULES
 
 __all__ = [
     "ARGS_DEFAULT",
@@ -41,6 +39,3 @@ __all__ = [
     "standard_attention",
     "word_embedding_forward_default",
 ]
-
-# Modules whose parameters get no weight decay.
-NO_WD_MODULES = [LayerNorm, torch.nn.LayerNorm, RMSNorm]

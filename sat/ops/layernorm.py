@@ -45,3 +45,7 @@ class RMSNorm(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
+
+
+NO_WD_MODULES: list[type[torch.nn.Module]] = [LayerNorm, torch.nn.LayerNorm, RMSNorm]
+"""The norm classes; the optimizer gives their parameters no weight decay (the original's list)."""

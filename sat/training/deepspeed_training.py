@@ -49,11 +49,11 @@ from sat.data_utils import make_loaders
 from sat.data_utils.samplers import DistributedBatchSampler
 from sat.helpers import get_free_port, print_all, print_rank0
 from sat.model.build import get_model
+from sat.ops.layernorm import NO_WD_MODULES
 from sat.runtime import assign_device, initialize_distributed, set_random_seed
 from sat.training.checkpointing import load_training_state, save_checkpoint, use_safe_checkpoint_engine
 from sat.training.learning_rates import AnnealingLR, get_learning_rate_scheduler
 from sat.training.utils import Timers, get_sample_writer, init_wandb_writer, log_scalars, print_args, report_memory
-from sat.transformer_defaults import NO_WD_MODULES
 
 # Training stops with an error after this many non-finite micro-batches in a row.
 MAX_CONSECUTIVE_SKIPPED = 100
