@@ -28,6 +28,7 @@ $(STAMP): constraints.txt requirements-dev.txt requirements-weights.txt pyprojec
 lint: $(STAMP)
 	$(BIN)/ruff check sat tests examples scripts bench
 	$(BIN)/ruff format --check sat tests examples scripts bench
+	$(BIN)/lint-imports --no-cache
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
