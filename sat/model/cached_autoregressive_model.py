@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 
 from sat.model.base_model import BaseMixin, BaseModel
-from sat.ops.attention import CAUSAL, attention_mask_kind, causal_attention_mask
 from sat.model.layers import attention_fn_default
+from sat.ops.attention import CAUSAL, attention_mask_kind, causal_attention_mask
 
 
 class KVCache:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from sat.model.base_model import BaseMixin
+from sat.model.layers import attention_fn_default
 from sat.mpu import get_model_parallel_rank, get_model_parallel_world_size
 from sat.mpu.partition import mark_partitioned
 from sat.ops.attention import CAUSAL, FULL, attention_mask_kind, causal_attention_mask, expand_kv_heads
-from sat.model.layers import attention_fn_default
 
 
 class PrefixTuningMixin(BaseMixin):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from sat.model.base_model import BaseMixin
 from sat.model.encoder_decoder_model import EncoderDecoderModel, decoder_args
-from sat.model.layers import MLP, CrossAttention, SelfAttention
+from sat.model.layers import MLP, CrossAttention, SelfAttention, attention_fn_default
 from sat.mpu import (
     ColumnParallelLinear,
     get_model_parallel_rank,
@@ -23,7 +23,6 @@ from sat.mpu import (
 from sat.mpu.partition import mark_partitioned, split_strided
 from sat.mpu.utils import divide, gelu
 from sat.ops.layernorm import RMSNorm
-from sat.model.layers import attention_fn_default
 
 # T5's layer norm is an RMS norm: no mean subtraction, no bias.
 T5LayerNorm = RMSNorm
