@@ -5,6 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# pytest-xdist workers. 2, not `auto`: `auto` follows the machine (physical cores through psutil:
+# 1 on a hyper-threaded 2-vCPU runner, dozens on a workstation, each worker another torch and
+# DeepSpeed import), while the suite is sized for 2 cores: a multiprocess test runs 2 processes, and
+# `--dist loadgroup` keeps those tests on one worker (tests/conftest.py), which bounds the wall time
+# however many workers there are. PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
 DEMO_ARGS ?=
 
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
@@ -31,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py $(DEMO_ARGS)
