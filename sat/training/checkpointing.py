@@ -45,7 +45,8 @@ def save_checkpoint(
     For a plain module: its weights, one file per model-parallel rank (written by the first
     data-parallel copy). For a DeepSpeed engine: the full training state (see the module
     docstring), with ``client_state`` (e.g. the data position) added to the model file. Every
-    rank must call it.
+    rank must call it. ``optimizer``: accepted for compatibility with the original, unused (an
+    engine saves its own optimizer's state).
     """
     if is_deepspeed_engine(model):
         _save_engine_checkpoint(iteration, model, lr_scheduler, args, client_state or {})
