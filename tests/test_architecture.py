@@ -206,3 +206,37 @@ def test_contract_lists_every_top_level_package_and_module():
 )
 def test_layer_entries_are_parsed_like_import_linter(layer, expected):
     assert _layer_modules(layer) == expected
+
+
+def _moved_name_tables() -> dict[str, dict[str, str]]:
+    """``{old module: {name: new module}}`` from every ``__getattr__ = moved_names(__name__, {...})``."""
+    import ast
+
+    tables = {}
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "moved_names":
+                module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                tables[module] = ast.literal_eval(node.args[1])
+    return tables
+
+
+def test_nothing_inside_sat_imports_a_moved_name_from_its_old_module():
+    import ast
+    import importlib
+
+    tables = _moved_name_tables()
+    assert {"sat.helpers", "sat.mpu.reshard", "sat.model.base_model"} <= set(tables)
+    for old, moved in tables.items():  # each old path still gives the object at the new home
+        for name, new in moved.items():
+            assert getattr(importlib.import_module(old), name) is getattr(importlib.import_module(new), name)
+    offenders = []
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in tables:
+                offenders += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name in tables[node.module]
+                ]
+    assert not offenders, "import these from their new home:\n" + "\n".join(offenders)
