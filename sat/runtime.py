@@ -70,6 +70,15 @@ def ensure_model_parallel(model_parallel_size: int) -> None:
     initialize_distributed(env_args)
 
 
+def reset_model_parallel(model_parallel_size: int) -> None:
+    """Groups of ``model_parallel_size``, replacing groups of another size: what the original's
+    ``from_pretrained(..., overwrite_args={"model_parallel_size": n})`` does inside a running job
+    to split or merge a checkpoint. Starts ``torch.distributed`` if none runs."""
+    if mpu.model_parallel_is_initialized() and mpu.get_model_parallel_world_size() != model_parallel_size:
+        mpu.destroy_model_parallel()
+    ensure_model_parallel(model_parallel_size)
+
+
 def require_model_parallel(model_parallel_size: int) -> None:
     """What a model constructor may do: create the model-parallel groups from a process group
     that is already running, never start one. At size > 1 without ``torch.distributed`` it

@@ -237,3 +237,32 @@ def test_hf_to_sat_mp2_training_merge_and_back_to_hf(tmp_path):
         before = hf(IDS).logits
     assert (sat_logits - hf_logits).abs().max() < 1e-5
     assert (hf_logits - before).abs().max() > 1e-2  # the export carries the trained weights
+
+
+def _split_merge_in_one_job_worker(rank: int, world: int, mp1: str) -> dict:
+    split, split_args = AutoModel.from_pretrained(mp1, overwrite_args={"model_parallel_size": world})
+    split_logits = _logits(split)
+    groups_after_split = mpu.get_model_parallel_world_size()
+    split_args.save = os.path.join(os.path.dirname(mp1), "mp2")
+    save_checkpoint(2, split, None, None, split_args)
+    # The job's groups are MP2 now; merging inside it re-creates them at MP1, as the original did.
+    merged, merged_args = AutoModel.from_pretrained(split_args.save, overwrite_args={"model_parallel_size": 1})
+    return {
+        "groups": (groups_after_split, mpu.get_model_parallel_world_size(), mpu.get_data_parallel_world_size()),
+        "sizes": (split_args.model_parallel_size, merged_args.model_parallel_size),
+        "split logits": split_logits,
+        "merged logits": _logits(merged),
+        "merged state": merged.state_dict(),
+    }
+
+
+def test_from_pretrained_splits_and_merges_inside_one_job(tmp_path):
+    model, args = _tiny(GPT2Model)
+    args.save = str(tmp_path / "mp1")
+    save_checkpoint(1, model, None, None, args)
+    logits = _logits(model)
+    for result in run_workers(_split_merge_in_one_job_worker, 2, args.save):
+        assert result["groups"] == (2, 1, 2) and result["sizes"] == (2, 1)
+        assert (result["split logits"] - logits).abs().max() < 1e-5
+        assert torch.equal(result["merged logits"], logits)
+        assert all(torch.equal(result["merged state"][key], value) for key, value in model.state_dict().items())

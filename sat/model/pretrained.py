@@ -15,7 +15,7 @@ import torch
 from sat.arguments import overwrite_args_by_dict, update_args_with_file
 from sat.checkpoint import is_hf_directory, load_checkpoint, model_config_path
 from sat.model.build import get_model
-from sat.runtime import ensure_model_parallel
+from sat.runtime import ensure_model_parallel, reset_model_parallel
 
 
 def resolve_checkpoint_dir(name: str, home_path: str | None = None, url: str | None = None) -> str:
@@ -60,7 +60,12 @@ def load_pretrained(
 
     # Loading may start torch.distributed (building never does), so that a script under
     # torchrun loads a model-parallel checkpoint with no set-up of its own, as with the original.
-    ensure_model_parallel(getattr(args, "model_parallel_size", 1))
+    # An explicit model_parallel_size in overwrite_args re-creates groups of another size (the
+    # original's way to split or merge inside a job); the checkpoint is resharded as it loads.
+    if "model_parallel_size" in (overwrite_args or {}):
+        reset_model_parallel(args.model_parallel_size)
+    else:
+        ensure_model_parallel(getattr(args, "model_parallel_size", 1))
     # Build on the meta device and let the checkpoint's tensors become the weights: no random
     # initialisation, no second copy of the model in memory.
     build_args = copy.copy(args)
