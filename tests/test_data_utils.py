@@ -28,6 +28,7 @@ from sat.data_utils import (
     make_loaders,
     split_ds,
 )
+from sat.data_utils.hf_dataset import saved_copy_path
 
 
 class Numbers(torch.utils.data.Dataset):
@@ -305,3 +306,23 @@ def test_load_hf_dataset_from_local_files(tmp_path):
     csv = tmp_path / "data.csv"
     csv.write_text("a,b\n1,2\n3,4\n")
     assert load_hf_dataset(str(csv), lambda r: {"s": r["a"] + r["b"]}, columns=["s"])[1]["s"].item() == 7
+
+
+def test_load_hf_dataset_keeps_one_saved_copy_per_whole_path(tmp_path):
+    # Two sources whose last path part is the same ("validation.jsonl") must not share a copy.
+    cache = tmp_path / "cache"
+    for folder, text in (("a", "xy"), ("b", "wxyz")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "validation.jsonl").write_text(json.dumps({"text": text}) + "\n")
+    lengths = [
+        load_hf_dataset(
+            str(tmp_path / folder / "validation.jsonl"),
+            lambda r: {"n": len(r["text"])},
+            cache_dir=str(cache),
+            transformer_name="t",
+        )[0]["n"].item()
+        for folder in ("a", "b", "a")
+    ]
+    assert lengths == [2, 4, 2] and len(list(cache.glob("validation.jsonl-*_t.data"))) == 2
+    hub = [saved_copy_path(p, "c", "t") for p in ("hf://super_glue/boolq/validation", "hf://glue/cola/validation")]
+    assert hub == ["c/super_glue_boolq_validation_t.data", "c/glue_cola_validation_t.data"]

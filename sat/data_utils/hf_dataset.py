@@ -3,7 +3,9 @@ through ``process_fn`` and returned as torch tensors. Needs ``pip install datase
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Callable
 
 from sat.helpers import print_rank0
@@ -19,6 +21,21 @@ def parse_huggingface_path(path: str) -> tuple[str, str | None, str]:
     subset = names[1] if len(names) >= 2 and names[1] != "*" else None
     split = names[2] if len(names) >= 3 else "train"
     return names[0], subset, split
+
+
+def saved_copy_path(path: str, cache_dir: str, transformer_name: str) -> str:
+    """Where ``load_hf_dataset`` keeps the mapped copy of ``path``, keyed by the whole path:
+    ``<name>_<subset>_<split>_<transformer_name>.data`` for a Hub name (the original's file name),
+    and for a local file or folder its name plus a hash of its absolute path, so two
+    ``.../validation`` sources never share one copy."""
+    local = path.removeprefix("hf://")
+    if os.path.exists(local):
+        absolute = os.path.abspath(local)
+        digest = hashlib.sha1(absolute.encode()).hexdigest()[:12]
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(absolute.rstrip(os.sep)))
+        return os.path.join(cache_dir, f"{stem}-{digest}_{transformer_name}.data")
+    name, subset, split = parse_huggingface_path(path)
+    return os.path.join(cache_dir, f"{name}_{subset}_{split}_{transformer_name}.data")
 
 
 def _load(path: str, cache_dir: str | None):
@@ -59,8 +76,8 @@ def load_hf_dataset(
         columns: the columns to return as torch tensors (default: all).
         cache_dir: where ``datasets`` caches downloads and mapped results.
         offline: never reach the Hub (also set by ``HF_DATASETS_OFFLINE=1``).
-        transformer_name: with ``cache_dir``, keep the mapped dataset in
-            ``<cache_dir>/<name>_<subset>_<split>_<transformer_name>.data`` and reuse it next time.
+        transformer_name: with ``cache_dir``, keep the mapped dataset in the folder
+            ``saved_copy_path(path, cache_dir, transformer_name)`` and reuse it next time.
         rebuild: map again even when that saved copy exists (after changing ``process_fn``).
     """
     try:
@@ -69,10 +86,7 @@ def load_hf_dataset(
         raise ImportError("load_hf_dataset needs the `datasets` package: pip install datasets") from None
     if offline:
         datasets.config.HF_HUB_OFFLINE = True
-    saved = None
-    if transformer_name and cache_dir:
-        name, subset, split = parse_huggingface_path(os.path.basename(path.rstrip("/")))
-        saved = os.path.join(cache_dir, f"{name}_{subset}_{split}_{transformer_name}.data")
+    saved = saved_copy_path(path, cache_dir, transformer_name) if transformer_name and cache_dir else None
     if saved and os.path.isdir(saved) and not rebuild:
         dataset = datasets.load_from_disk(saved)
     else:
