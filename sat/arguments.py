@@ -24,6 +24,7 @@ from sat.runtime import (  # initialize_distributed and the seed functions are p
     reset_random_seed,  # noqa: F401
     set_random_seed,
 )
+from sat.runtime import init_model_only as _simple_init  # noqa: F401  (the original's name, imported by user code)
 
 _TRAINING_CONFIG_DIR = os.path.join(os.path.dirname(__file__), "training")
 

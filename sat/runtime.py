@@ -70,6 +70,17 @@ def ensure_model_parallel(model_parallel_size: int) -> None:
     initialize_distributed(env_args)
 
 
+def init_model_only(model_parallel_size: int = 1, seed: int | None = 0) -> bool:
+    """The original's ``_simple_init`` (model-only mode): seed (unless ``seed`` is 0 or None) and
+    set up the model-parallel groups, starting ``torch.distributed`` from the launcher's
+    environment only where model parallelism needs it. Returns True if it started it."""
+    if seed:
+        set_random_seed(seed)
+    was_running = torch.distributed.is_initialized()
+    ensure_model_parallel(model_parallel_size)
+    return torch.distributed.is_initialized() and not was_running
+
+
 def reset_model_parallel(model_parallel_size: int) -> None:
     """Groups of ``model_parallel_size``, replacing groups of another size: what the original's
     ``from_pretrained(..., overwrite_args={"model_parallel_size": n})`` does inside a running job

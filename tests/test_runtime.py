@@ -62,3 +62,16 @@ def test_require_model_parallel_never_starts_a_process_group():
     with pytest.raises(RuntimeError, match="from_pretrained"):
         require_model_parallel(2)
     assert not torch.distributed.is_initialized()
+
+
+def test_simple_init_of_the_original_seeds_and_starts_nothing_at_mp1():
+    import random
+
+    from sat.arguments import _simple_init
+
+    assert _simple_init(model_parallel_size=1, seed=5) is False
+    first = (random.random(), torch.rand(1))
+    _simple_init(seed=5)
+    assert (random.random(), torch.rand(1)) == first
+    assert not torch.distributed.is_initialized()
+    assert _simple_init() is False  # seed 0, the original's default, seeds nothing
