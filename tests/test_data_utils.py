@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 
 import numpy as np
 import pytest
@@ -242,19 +243,44 @@ def _write_jsonl(path, values):
     path.write_text("".join(json.dumps({"v": v}) + "\n" for v in values))
 
 
+def _values(records):
+    """The original's process_fn form: the record iterator in, samples out."""
+    for record in records:
+        yield record["v"]
+
+
 def test_jsonl_stream_shards_by_rank_shuffles_by_seed_and_repeats(tmp_path, data_parallel):
     _write_jsonl(tmp_path / "a.jsonl", range(10))
     _write_jsonl(tmp_path / "b.jsonl", range(10, 20))
 
     def take(rank, seed, n=20):
         data_parallel(rank, 2)
-        stream = iter(JsonlIterableDataset(str(tmp_path), lambda r: r["v"], seed, shuffle_buffer=4))
+        stream = iter(JsonlIterableDataset(str(tmp_path), _values, seed, shuffle_buffer=4))
         return [next(stream) for _ in range(n)]
 
     rank0, rank1 = take(0, 1), take(1, 1)
     assert set(rank0) == set(range(0, 20, 2)) and set(rank1) == set(range(1, 20, 2))
     assert sorted(rank0[:10]) == sorted(rank0[10:])  # a second pass over the same shard
     assert take(0, 1) == rank0 and take(0, 2) != rank0
+
+
+def test_jsonl_stream_hands_process_fn_the_record_iterator(tmp_path, data_parallel):
+    data_parallel(0, 1)
+    _write_jsonl(tmp_path / "p0.jsonl", range(3))
+    (tmp_path / "p1.jsonl").write_text(json.dumps({"v": 3, "note": None}) + "\n")
+
+    def pairs(records):  # packs two records into one sample, as a token packer would
+        records = iter(records)
+        for first in records:
+            second = next(records)
+            yield first["v"], second["v"], os.path.basename(second["__url__"]), second.get("note")
+
+    stream = iter(JsonlIterableDataset(str(tmp_path / "p{0,1}.jsonl"), pairs, 0, shuffle_buffer=1))
+    assert [next(stream) for _ in range(3)] == [
+        (0, 1, "p0.jsonl", None),
+        (2, 3, "p1.jsonl", ""),
+        (0, 1, "p0.jsonl", None),
+    ]
 
 
 def test_alter_dataset_mixes_by_weight_and_can_keep_batches_together():
@@ -280,7 +306,7 @@ def test_make_loaders_with_iterable_data(tmp_path, data_parallel):
     _write_jsonl(tmp_path / "b.jsonl", range(100, 110))
     args = _args("--train-data", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--iterable-dataset")
     args.split = "1"
-    train, _, _ = make_loaders(args, lambda path, a: JsonlIterableDataset(path, lambda r: r["v"], a.seed))
+    train, _, _ = make_loaders(args, lambda path, a: JsonlIterableDataset(path, _values, a.seed))
     batch = next(iter(train))
     assert batch.shape == (4,)
     with pytest.raises(TypeError, match="must return a torch IterableDataset"):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,12 +29,37 @@ def shard_info() -> tuple[int, int]:
     return mpu.get_data_parallel_rank() * workers + worker_id, mpu.get_data_parallel_world_size() * workers
 
 
+def shuffled(records: Iterable, size: int, rng: np.random.Generator) -> Iterator:
+    """``records`` through a shuffle buffer of ``size`` (1 keeps their order): once the buffer
+    is full, each new record replaces a randomly drawn one; the rest come out shuffled at the end."""
+    buffer: list = []
+    for record in records:
+        buffer.append(record)
+        if len(buffer) >= size:
+            yield buffer.pop(int(rng.integers(len(buffer))))
+    rng.shuffle(buffer)
+    yield from reversed(buffer)
+
+
+def expand_paths(path: str | Sequence[str]) -> list[str]:
+    """The parts of ``path``: a list as given, or a string split at commas outside braces, then
+    brace-expanded (``data/{000..009}.tar``) like the original; ``braceexpand`` is imported only
+    for a string that has braces."""
+    if not isinstance(path, str):
+        return list(path)
+    parts = re.split(r",(?![^{]*})", path)
+    if "{" not in path:
+        return parts
+    from braceexpand import braceexpand
+
+    return [expanded for part in parts for expanded in braceexpand(part)]
+
+
 def expand_jsonl_paths(path: str | Sequence[str]) -> list[str]:
-    """``.jsonl`` files named by ``path``: files, folders (searched recursively), glob patterns,
-    or a comma-separated list of those; sorted, so every process sees the same order."""
-    parts = path.split(",") if isinstance(path, str) else list(path)
+    """``.jsonl`` files named by ``path`` (see ``expand_paths``): files, folders (searched
+    recursively) or glob patterns; sorted, so every process sees the same order."""
     files: list[str] = []
-    for part in parts:
+    for part in expand_paths(path):
         if os.path.isdir(part):
             files += glob.glob(os.path.join(part, "**", "*.jsonl"), recursive=True)
         else:
@@ -45,11 +71,20 @@ def expand_jsonl_paths(path: str | Sequence[str]) -> list[str]:
 
 
 class JsonlIterableDataset(IterableDataset):
-    """Records of ``.jsonl`` files, passed through ``process_fn``, repeated forever: each pass
-    reads this shard's lines (every ``num_shards``-th line) through a shuffle buffer of
-    ``shuffle_buffer`` records (1 keeps the file order)."""
+    """Records of ``.jsonl`` files, repeated forever, as the original's ``process_fn`` sees them:
+    ``process_fn(records)`` takes the iterator of records (dicts, with ``__url__`` set to the file
+    and ``None`` values turned into ``''``) and yields the samples, so it may pack several records
+    into one sample or skip some. Each pass reads this shard's lines (every ``num_shards``-th
+    line) through a shuffle buffer of ``shuffle_buffer`` records (1 keeps the file order)."""
 
-    def __init__(self, path: str | Sequence[str], process_fn: Callable, seed: int, *, shuffle_buffer: int = 1000):
+    def __init__(
+        self,
+        path: str | Sequence[str],
+        process_fn: Callable[[Iterator[dict]], Iterable],
+        seed: int,
+        *,
+        shuffle_buffer: int = 1000,
+    ):
         self.files = expand_jsonl_paths(path)
         if not self.files:
             raise FileNotFoundError(f"no .jsonl files under {path!r}")
@@ -65,25 +100,22 @@ class JsonlIterableDataset(IterableDataset):
                     if not line.strip():
                         continue
                     if line_number % num_shards == shard:
-                        yield json.loads(line)
+                        record = {k: "" if v is None else v for k, v in json.loads(line).items()}
+                        yield {**record, "__url__": name}
                     line_number += 1
 
-    def __iter__(self) -> Iterator:
-        shard, num_shards = shard_info()
+    def _passes(self, shard: int, num_shards: int) -> Iterator[dict]:
         rng = np.random.default_rng((self.seed, shard))
-        buffer: list = []
         while True:
             produced = False
-            for record in self._records(shard, num_shards):
+            for record in shuffled(self._records(shard, num_shards), self.shuffle_buffer, rng):
                 produced = True
-                buffer.append(record)
-                if len(buffer) >= self.shuffle_buffer:
-                    yield self.process_fn(buffer.pop(int(rng.integers(len(buffer)))))
+                yield record
             if not produced:
                 raise ValueError(f"shard {shard} of {num_shards} has no records in {self.files}: too few lines")
-            rng.shuffle(buffer)
-            while buffer:
-                yield self.process_fn(buffer.pop())
+
+    def __iter__(self) -> Iterator:
+        return iter(self.process_fn(self._passes(*shard_info())))
 
 
 class AlterDataset(IterableDataset):
