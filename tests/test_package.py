@@ -6,7 +6,7 @@ import logging
 import subprocess
 import sys
 
-HEAVY = ("deepspeed", "transformers", "triton", "wandb")
+HEAVY = ("deepspeed", "transformers", "triton", "wandb", "webdataset", "braceexpand")
 
 
 def _run(code: str, env: dict | None = None) -> subprocess.CompletedProcess:

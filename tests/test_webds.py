@@ -1,0 +1,113 @@
+"""Tar-shard datasets (sat.data_utils.webds): every sample once per epoch across data-parallel
+ranks and DataLoader workers, the same order for the same seed, and side-car metadata
+(that ``import sat.data_utils`` leaves webdataset unloaded is in test_package.py)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import tarfile
+import types
+
+import pytest
+import torch
+
+from sat import mpu
+from sat.data_utils import MetaDistributedWebDataset, SimpleDistributedWebDataset
+
+
+def write_shards(folder, shards: int, per_shard: int) -> list[str]:
+    """``folder/NNN.tar`` holding samples ``sSS_I`` with a ``.txt`` (the key) and an ``.id`` file."""
+    paths = []
+    for s in range(shards):
+        path = folder / f"{s:03d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for i in range(per_shard):
+                key = f"s{s}_{i}"
+                for ext, data in (("txt", key.encode()), ("id", str(i).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        paths.append(str(path))
+    return paths
+
+
+def keys(samples):
+    """A process_fn: the original's form, the sample iterator in, training samples out."""
+    for sample in samples:
+        yield sample["txt"].decode()
+
+
+def read(dataset, rank: int, world: int, n: int, monkeypatch, workers: int = 2) -> list[str]:
+    """The first ``n`` samples data-parallel rank ``rank`` of ``world`` reads with ``workers``."""
+    monkeypatch.setattr(mpu, "get_data_parallel_rank", lambda: rank)
+    monkeypatch.setattr(mpu, "get_data_parallel_world_size", lambda: world)
+    stream = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers))
+    return [next(stream) for _ in range(n)]
+
+
+def read_as(dataset, rank: int, worker: int, n: int, monkeypatch) -> list[str]:
+    """The first ``n`` samples of DataLoader worker ``worker`` of 2 on rank ``rank`` of 2."""
+    monkeypatch.setattr(mpu, "get_data_parallel_rank", lambda: rank)
+    monkeypatch.setattr(mpu, "get_data_parallel_world_size", lambda: 2)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: types.SimpleNamespace(num_workers=2, id=worker))
+    stream = iter(dataset)
+    return [next(stream) for _ in range(n)]
+
+
+@pytest.mark.parametrize("shards", [7, 1])  # uneven over 4 readers, fewer shards than readers
+def test_each_sample_once_per_epoch_across_ranks_and_workers(tmp_path, monkeypatch, shards):
+    per_shard = 8 if shards == 1 else 4
+    path = "::".join(write_shards(tmp_path, shards, per_shard))
+    # Reader r = rank * 2 + worker holds shards r, r + 4, ... of each epoch's order, or with one
+    # shard every 4th of its samples.
+    share = [2] * 4 if shards == 1 else [len(range(r, shards, 4)) * per_shard for r in range(4)]
+
+    def epoch(seed):
+        ds = SimpleDistributedWebDataset(path, keys, seed, shuffle_buffer=3)
+        return [read_as(ds, r // 2, r % 2, share[r], monkeypatch) for r in range(4)]
+
+    first = epoch(seed=5)
+    assert sorted(sum(first, [])) == sorted(f"s{s}_{i}" for s in range(shards) for i in range(per_shard))
+    assert epoch(seed=5) == first and epoch(seed=6) != first
+
+
+def test_two_ranks_with_two_dataloader_workers_split_one_epoch(tmp_path, monkeypatch):
+    path = write_shards(tmp_path, 4, 3)
+    ds = SimpleDistributedWebDataset(path, keys, 1, shuffle_buffer=2)
+    ranks = [read(ds, rank, 2, 6, monkeypatch) for rank in range(2)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(f"s{s}_{i}" for s in range(4) for i in range(3))
+    assert [read(ds, rank, 2, 6, monkeypatch) for rank in range(2)] == ranks
+
+
+def test_the_stream_repeats_epoch_after_epoch_and_nshards_ends_it(tmp_path, monkeypatch):
+    path = write_shards(tmp_path, 2, 3)
+    one_reader = read(SimpleDistributedWebDataset(path, keys, 0, shuffle_buffer=1), 0, 1, 12, monkeypatch, workers=0)
+    assert sorted(one_reader[:6]) == sorted(one_reader[6:]) == sorted(f"s{s}_{i}" for s in range(2) for i in range(3))
+    finite = MetaDistributedWebDataset(path, keys, 0, nshards=3, shuffle_buffer=1)
+    monkeypatch.setattr(mpu, "get_data_parallel_world_size", lambda: 1)
+    assert len(list(finite)) == 9
+
+
+def test_meta_dataset_adds_side_car_fields_to_samples_with_an_id(tmp_path, monkeypatch):
+    write_shards(tmp_path / "", 1, 3)
+    lines = [{"key": "s0_0", "phash": "ab"}, {"key": "s0_2", "phash": None, "other": 1}]
+    (tmp_path / "000.meta.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\nnot json\n")
+    (tmp_path / "more").mkdir()
+    write_shards(tmp_path / "more", 1, 1)
+
+    def phashes(samples):
+        for sample in samples:
+            yield sample["__key__"], sample["phash"]
+
+    ds = MetaDistributedWebDataset("", phashes, 0, meta_names=["phash"], include_dirs=f"{tmp_path}/more*2")
+    assert ds.urls == [str(tmp_path / "more" / "000.tar")] * 2
+    ds = MetaDistributedWebDataset(str(tmp_path / "000.tar"), phashes, 0, meta_names=["phash"], shuffle_buffer=1)
+    monkeypatch.setattr(mpu, "get_data_parallel_world_size", lambda: 1)
+    assert list(itertools.islice(ds, 3)) == [("s0_0", "ab"), ("s0_1", None), ("s0_2", None)]
+
+
+def test_missing_shards_are_named():
+    with pytest.raises(ValueError, match="no tar shards"):
+        MetaDistributedWebDataset("", keys, 0)
