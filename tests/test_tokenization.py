@@ -1,5 +1,6 @@
-"""get_tokenizer: fake, transformers directories, sentencepiece models; the process-wide cache;
-tokenizer_type through model_config.json."""
+"""get_tokenizer: fake, transformers directories, sentencepiece models, Hub names from the local HF
+cache (offline), clear errors for what is not included; the process-wide cache; tokenizer_type
+through model_config.json."""
 
 from __future__ import annotations
 
@@ -74,11 +75,59 @@ def test_cache_and_outer_tokenizer():
     assert get_tokenizer(outer_tokenizer=mine) is mine and get_tokenizer() is mine
 
 
-@pytest.mark.parametrize("name", ["bert-base-uncased", "glm_GPT2BPETokenizer", "missing/folder"])
-def test_unknown_types_raise_without_fallback(name):
-    with pytest.raises(ValueError, match="unknown tokenizer_type"):
-        get_tokenizer(argparse.Namespace(tokenizer_type=name, vocab_size=100))
+def cache_on_the_hub_layout(hf_home, name: str, revision: str = "0123abcd" * 5) -> str:
+    """A tiny tokenizer stored as the HF hub cache stores ``name``:
+    ``hub/models--ORG--NAME/snapshots/<revision>/`` and ``refs/main`` holding ``<revision>``."""
+    repo = hf_home / "hub" / ("models--" + name.replace("/", "--"))
+    hf_tokenizer_directory(repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return str(repo / "snapshots" / revision)
+
+
+@pytest.fixture
+def hf_home(tmp_path, monkeypatch):
+    """An empty HF cache in HF_HOME (offline, as conftest sets HF_HUB_OFFLINE=1)."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    return tmp_path / "hf"
+
+
+@pytest.mark.parametrize("name", ["bert-base-uncased", "THUDM/chatglm2-6b"])
+def test_hub_names_come_from_the_local_cache(hf_home, name):
+    cache_on_the_hub_layout(hf_home, name)
+    tokenizer = get_tokenizer(argparse.Namespace(tokenizer_type=name))
+    ids = tokenizer(TEXT)["input_ids"]
+    assert len(ids) == 9 and tokenizer.decode(ids) == TEXT
+    assert get_tokenizer() is tokenizer and sat.tokenization._current["key"] == ("name", name)
+
+
+def test_a_hub_name_missing_from_the_cache_says_where_and_what_to_download(hf_home):
+    with pytest.raises(FileNotFoundError) as error:
+        get_tokenizer(argparse.Namespace(tokenizer_type="gpt2", vocab_size=100))
+    message = str(error.value)
+    assert str(hf_home / "hub") in message and "models--gpt2/snapshots" in message and "hf download gpt2" in message
     assert "key" not in sat.tokenization._current
+
+
+@pytest.mark.parametrize(
+    "name, error, words",
+    [
+        ("glm_GPT2BPETokenizer", ValueError, "GLM tokenizers are not included"),
+        ("cogview", ValueError, "VQVAE image tokenizer"),
+        ("icetk-glm-130B", ValueError, "outer_tokenizer"),
+        ("icetk", ImportError, "pip install icetk"),
+    ],
+)
+def test_tokenizers_not_included_say_what_is_needed(name, error, words):
+    with pytest.raises(error, match=words):
+        get_tokenizer(argparse.Namespace(tokenizer_type=name, vocab_size=100))
+
+
+def test_the_originals_fake_names_and_a_file_that_is_no_tokenizer():
+    assert len(get_tokenizer(argparse.Namespace(tokenizer_type="Fake", vocab_size=12))) == 12
+    with pytest.raises(ValueError, match="neither a transformers tokenizer folder"):
+        get_tokenizer(argparse.Namespace(tokenizer_type=__file__))
 
 
 def test_transformers_directory(tmp_path):

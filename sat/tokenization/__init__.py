@@ -2,16 +2,22 @@
 
 ``tokenizer_type`` is one of:
 
-- ``'fake'``: ``FakeTokenizer(args.vocab_size)``, token ids only (nothing is looked up);
+- ``'fake'`` (any case, as the original's ``'Fake'``): ``FakeTokenizer(args.vocab_size)``, token
+  ids only (nothing is looked up);
 - a directory holding a ``transformers`` tokenizer (``tokenizer.json``,
   ``tokenizer_config.json``...), loaded with ``AutoTokenizer`` from local files only;
-- a sentencepiece model file (``*.model``): ``SentencePieceTokenizer``.
+- a sentencepiece model file (``*.model``): ``SentencePieceTokenizer``;
+- a HuggingFace Hub name (``bert-base-uncased``, ``gpt2``, ``THUDM/chatglm2-6b``): its copy in the
+  local HF cache, as ``transformers`` finds it offline;
+- ``icetk``: the ``icetk`` package, if installed.
 
-Anything else raises: there is no download and no silent fallback to the fake tokenizer.
-``save_checkpoint`` records ``tokenizer_type`` in ``model_config.json`` (unless ``'fake'``): a
-tokenizer inside the checkpoint directory relative to it, so the checkpoint can move, any other
-local path absolute. ``update_args_with_file`` turns a path relative to the checkpoint back into
-a full one, so ``AutoModel.from_pretrained`` then ``get_tokenizer(args)`` finds it.
+Anything else raises, naming what is missing: there is no download and no silent fallback to the
+fake tokenizer. The CogView and GLM-130B tokenizers are not included (the error says how to pass
+one with ``outer_tokenizer``). ``save_checkpoint`` records ``tokenizer_type`` in
+``model_config.json`` (unless ``'fake'``): a tokenizer inside the checkpoint directory relative to
+it, so the checkpoint can move, any other local path absolute. ``update_args_with_file`` turns a
+path relative to the checkpoint back into a full one, so ``AutoModel.from_pretrained`` then
+``get_tokenizer(args)`` finds it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 
 from sat.helpers import print_rank0
 from sat.tokenization.fake import FakeTokenizer
+from sat.tokenization.hub import hub_tokenizer
 from sat.tokenization.sentencepiece_tokenizer import SentencePieceTokenizer
 
 __all__ = ["FakeTokenizer", "SentencePieceTokenizer", "get_tokenizer"]
@@ -57,13 +64,24 @@ def get_tokenizer(args=None, *, tokenizer_type: str | None = None, outer_tokeniz
 
 
 def _key(tokenizer_type: str, args) -> tuple:
-    if tokenizer_type == "fake":
+    if tokenizer_type.lower() == "fake":
         return ("fake", getattr(args, "vocab_size", None))
-    return ("path", os.path.abspath(tokenizer_type))
+    if os.path.exists(tokenizer_type):
+        return ("path", os.path.abspath(tokenizer_type))
+    return ("name", tokenizer_type)
+
+
+# The original's tokenizers that sat does not include, and why.
+_NOT_INCLUDED = {
+    "cogview": "the CogView tokenizer bundles a VQVAE image tokenizer (a checkpoint at args.img_tokenizer_path) "
+    "and needs CUDA",
+    "icetk-glm-130B": "the GLM-130B icetk wrapper is not included",
+}
+_OUTER = "build the tokenizer yourself and register it with get_tokenizer(outer_tokenizer=...)"
 
 
 def _build(tokenizer_type: str, args):
-    if tokenizer_type == "fake":
+    if tokenizer_type.lower() == "fake":
         if getattr(args, "vocab_size", None) is None:
             raise ValueError("the fake tokenizer needs args.vocab_size")
         return FakeTokenizer(args.vocab_size)
@@ -73,11 +91,29 @@ def _build(tokenizer_type: str, args):
         return AutoTokenizer.from_pretrained(tokenizer_type, local_files_only=True)
     if os.path.isfile(tokenizer_type) and tokenizer_type.endswith(".model"):
         return SentencePieceTokenizer(tokenizer_type)
-    raise ValueError(
-        f"unknown tokenizer_type {tokenizer_type!r}: expected 'fake', a directory holding a transformers "
-        "tokenizer, or a sentencepiece .model file (names on the HuggingFace Hub are not downloaded: "
-        "download the tokenizer and pass its directory)"
-    )
+    for prefix, why in _NOT_INCLUDED.items():
+        if tokenizer_type.startswith(prefix):
+            raise ValueError(f"tokenizer_type {tokenizer_type!r}: {why}; {_OUTER}")
+    if tokenizer_type == "icetk":
+        try:
+            from icetk import icetk
+        except ImportError:
+            raise ImportError(
+                "tokenizer_type 'icetk' needs the icetk package: pip install icetk (it downloads its model files "
+                f"on first use), or {_OUTER}"
+            ) from None
+        return icetk
+    if tokenizer_type.startswith("glm_"):
+        raise ValueError(
+            f"tokenizer_type {tokenizer_type!r}: the GLM tokenizers are not included; load the text tokenizer "
+            f"with transformers and {_OUTER}"
+        )
+    if os.path.exists(tokenizer_type):
+        raise ValueError(
+            f"tokenizer_type {tokenizer_type!r} is neither a transformers tokenizer folder nor a sentencepiece "
+            ".model file"
+        )
+    return hub_tokenizer(tokenizer_type)
 
 
 def portable_tokenizer_type(tokenizer_type: str, folder: str) -> str:
