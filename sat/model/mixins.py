@@ -1,5 +1,6 @@
-"""Mixins users add to models: the base class, the KV cache and the finetuning mixins."""
+"""Mixins users add to models: the base class, the KV cache, the finetuning mixins and SDPA attention."""
 
+from sat.model.attention import MemoryEfficientAttentionMixin, TransposedMemoryEfficientAttentionMixin
 from sat.model.base_model import BaseMixin
 from sat.model.cached_autoregressive_model import CachedAutoregressiveMixin
 from sat.model.finetune import (
@@ -21,7 +22,9 @@ __all__ = [
     "LoRAMixin",
     "LoraMixin",
     "MLPHeadMixin",
+    "MemoryEfficientAttentionMixin",
     "PTuningV2Mixin",
     "PrefixTuningMixin",
     "PromptTuningMixin",
+    "TransposedMemoryEfficientAttentionMixin",
 ]

@@ -114,14 +114,17 @@ class _AttentionHeads(HookedModule):
         """``[b, s, n * hn]`` -> ``[b, n, s, hn]`` (``n`` inferred, so K/V may have fewer heads)."""
         return tensor.view(*tensor.shape[:-1], -1, self.hidden_size_per_attention_head).permute(0, 2, 1, 3)
 
-    def _attend(self, query, key, value, mask, **kw_args) -> torch.Tensor:
+    def attend(self, query, key, value, mask, **kw_args) -> torch.Tensor:
         """The ``attention_fn`` hook on heads: ``[b, np, sq, hn]`` -> ``[b, s, np hn]``, then the
         output projection and dropout -> ``[b, s, h]``."""
         attention_fn = self.hook("attention_fn", attention_fn_default)
         dropout_fn = self.attention_dropout if self.training else None
         context = attention_fn(query, key, value, mask, dropout_fn, **kw_args)  # [b, np, sq, hn]
-        batch, heads, seq, head_size = context.shape
-        output = self.dense(context.transpose(1, 2).reshape(batch, seq, heads * head_size))  # [b, s, h]
+        return self.project(context.transpose(1, 2))
+
+    def project(self, context: torch.Tensor) -> torch.Tensor:
+        """The output projection and dropout: ``[b, s, np, hn]`` -> ``[b, s, h]``."""
+        output = self.dense(context.reshape(*context.shape[:2], -1))  # [b, s, h]
         if self.training:
             output = self.output_dropout(output)
         return output
@@ -172,6 +175,12 @@ class SelfAttention(_AttentionHeads):
         """The default ``attention_forward``: ``[b, s, h]`` -> ``[b, s, h]``. Fused QKV
         projection, the backbone's rotary embedding if configured, ``attention_fn``, output
         projection."""
+        query, key, value = self.heads(hidden_states, **kw_args)
+        return self.attend(query, key, value, mask, **kw_args)
+
+    def heads(self, hidden_states: torch.Tensor, **kw_args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[b, s, h]`` -> query ``[b, np, s, hn]``, key and value ``[b, nkv, s, hn]``: the fused
+        projection split into heads, rotated by the backbone's rotary embedding if configured."""
         mixed = self.query_key_value(hidden_states)  # [b, s, (np + 2 nkv) hn]
         query, key, value = split_tensor_along_last_dim(mixed, self.stride)
         query = self._transpose_for_scores(query)  # [b, np, s, hn]
@@ -181,7 +190,7 @@ class SelfAttention(_AttentionHeads):
             query, key = self.transformer.position_embeddings(
                 query, key, kw_args["position_ids"], layer_id=kw_args["layer_id"]
             )
-        return self._attend(query, key, value, mask, **kw_args)
+        return query, key, value
 
 
 class CrossAttention(_AttentionHeads):
@@ -239,6 +248,6 @@ class CrossAttention(_AttentionHeads):
             value = self._transpose_for_scores(value)
         else:
             key, value = encoder_outputs[kw_args["layer_id"]]
-        return self._attend(
+        return self.attend(
             query, key, value, cross_attention_mask, cross_attention=True, mem_cross=(key, value), **kw_args
         )

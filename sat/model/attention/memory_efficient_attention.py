@@ -1,0 +1,123 @@
+"""``MemoryEfficientAttentionMixin``: attention through ``scaled_dot_product_attention``.
+
+The original ran xformers' memory-efficient kernel here. SDPA has the same kernel (and flash
+attention) built in, so xformers is never needed. The backbone already takes SDPA for the masks
+it builds; these mixins take it for every mask: a full or causal mask the backbone tagged runs
+as such, any other mask tensor (1 = attend) goes to SDPA as a boolean mask instead of raising,
+as the original did. A row whose keys are all masked gives NaN there, where the eager
+reference attends uniformly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from sat.model.base_model import BaseMixin
+from sat.mpu.random import model_parallel_dropout_context
+from sat.ops import attention as kernels
+
+
+def memory_efficient_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attention_dropout: float = 0.0,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """SDPA on q ``[b, sq, np, hn]``, k and v ``[b, sk, nkv, hn]`` (the original's
+    ``sat.ops.memory_efficient_attention`` layout) -> ``[b, sq, np, hn]``. ``mask`` broadcasts to
+    ``[b, np, sq, sk]`` with 1 = attend (``None``: full attention); ``attention_dropout`` is a
+    probability, drawn from the model-parallel random stream."""
+    query, key, value = (t.transpose(1, 2) for t in (q, k, v))  # [b, n, s, hn]
+    kind = kernels.attention_mask_kind(mask)
+    if kind is not None:
+        context = kernels.sdpa_attention(
+            query, key, value, kind, attention_dropout, scale, dropout_context=model_parallel_dropout_context
+        )
+    else:
+        rng = model_parallel_dropout_context() if attention_dropout > 0 else contextlib.nullcontext()
+        with rng:
+            context = F.scaled_dot_product_attention(
+                query,
+                key,
+                value,
+                attn_mask=mask > 0,
+                dropout_p=attention_dropout,
+                scale=scale,
+                enable_gqa=key.shape[1] != query.shape[1],
+            )
+    return context.transpose(1, 2)  # [b, sq, np, hn]
+
+
+def _dropout_p(attention_dropout) -> float:
+    # The backbone passes its Dropout module while training and None in eval.
+    return 0.0 if attention_dropout is None else attention_dropout.p
+
+
+def _no_additive_weights(log_attention_weights) -> None:
+    if log_attention_weights is not None:  # the original dropped them without a word
+        raise ValueError(
+            "MemoryEfficientAttentionMixin takes no log_attention_weights (an additive attention bias); "
+            "the default attention_fn applies them"
+        )
+
+
+class MemoryEfficientAttentionMixin(BaseMixin):
+    """``attention_fn`` through SDPA; q, k, v ``[b, np, s, hn]`` as the backbone passes them."""
+
+    def attention_fn(
+        self,
+        query_layer,
+        key_layer,
+        value_layer,
+        attention_mask,
+        attention_dropout=None,
+        log_attention_weights=None,
+        scaling_attention_score=True,
+        **kw_args,
+    ):
+        _no_additive_weights(log_attention_weights)
+        q, k, v = (t.transpose(1, 2) for t in (query_layer, key_layer, value_layer))  # [b, s, n, hn]
+        scale = None if scaling_attention_score else 1.0
+        context = memory_efficient_attention(q, k, v, _dropout_p(attention_dropout), attention_mask, scale)
+        return context.transpose(1, 2)  # [b, np, sq, hn]
+
+
+class TransposedMemoryEfficientAttentionMixin(BaseMixin):
+    """Attention in the ``[b, s, np, hn]`` layout: ``attention_forward`` hands its
+    ``attention_fn`` q, k, v in that layout, so a mixin's ``attention_fn`` that expects
+    ``[b, np, s, hn]`` does not fit beside it (the original warned about the same).
+    Cross-attention keeps the backbone's layout (the original mixed the two up there)."""
+
+    def attention_fn(
+        self,
+        query_layer,
+        key_layer,
+        value_layer,
+        attention_mask,
+        attention_dropout=None,
+        log_attention_weights=None,
+        scaling_attention_score=True,
+        **kw_args,
+    ):
+        _no_additive_weights(log_attention_weights)
+        scale = None if scaling_attention_score else 1.0
+        # The backbone's cross-attention calls this hook too, in its own [b, np, s, hn] layout.
+        heads_first = kw_args.get("cross_attention", False)
+        if heads_first:
+            query_layer, key_layer, value_layer = (t.transpose(1, 2) for t in (query_layer, key_layer, value_layer))
+        context = memory_efficient_attention(
+            query_layer, key_layer, value_layer, _dropout_p(attention_dropout), attention_mask, scale
+        )  # [b, sq, np, hn]
+        return context.transpose(1, 2) if heads_first else context
+
+    def attention_forward(self, hidden_states, mask, **kw_args):
+        attention = self.transformer.layers[kw_args["layer_id"]].attention
+        query, key, value = (t.transpose(1, 2) for t in attention.heads(hidden_states, **kw_args))  # [b, s, n, hn]
+        dropout_fn = attention.attention_dropout if attention.training else None
+        context = self.attention_fn(query, key, value, mask, dropout_fn, **kw_args)  # [b, sq, np, hn]
+        return attention.project(context)
