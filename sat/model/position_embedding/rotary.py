@@ -20,6 +20,27 @@ def rotate_with(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return rotated if rot == x.shape[-1] else torch.cat((rotated, x[..., rot:]), dim=-1)
 
 
+def pairs_to_halves(x: torch.Tensor) -> torch.Tensor:
+    """``[..., 2n]`` laid out in adjacent pairs ``(x0, x1), (x2, x3)...`` -> halves
+    ``[x0, x2, ...; x1, x3, ...]``, the layout ``rotate_with`` rotates."""
+    return x.unflatten(-1, (-1, 2)).transpose(-1, -2).flatten(-2)
+
+
+def halves_to_pairs(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``pairs_to_halves``."""
+    return x.unflatten(-1, (2, -1)).transpose(-1, -2).flatten(-2)
+
+
+def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``rotate_with`` for the GPT-J/ChatGLM layout, where channel ``2i`` pairs with ``2i + 1``:
+    ``cos``/``sin`` ``[..., rot / 2]`` hold each pair's frequency once; channels past ``rot``
+    pass through."""
+    rot = 2 * cos.shape[-1]
+    halves = pairs_to_halves(x[..., :rot])  # [..., rot]
+    rotated = halves_to_pairs(rotate_with(halves, torch.cat((cos, cos), -1), torch.cat((sin, sin), -1)))
+    return rotated if rot == x.shape[-1] else torch.cat((rotated, x[..., rot:]), dim=-1)
+
+
 def _cache_key(position_ids: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple | None:
     """What ``cos``/``sin`` depend on: the very tensors (and their in-place version counters)
     and the dtype; ``None`` where a tensor keeps no version counter (inference mode)."""
