@@ -35,6 +35,9 @@ class BertLMHead(torch.nn.Module):
         return logits if parallel_output else gather_from_model_parallel_region(logits)
 
 
+lm_head = BertLMHead  # the original's name: lm_head(vocab_size, hidden_size, layernorm_epsilon)
+
+
 class BertFinalMixin(BaseMixin):
     """``final_forward``: the masked-LM head ``lm_head`` on the final hidden states."""
 

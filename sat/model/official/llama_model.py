@@ -12,7 +12,9 @@ import re
 import torch.nn.functional as F
 
 from sat.model.base_model import BaseModel
+from sat.model.official.gated_mlp import LLaMAMlpMixin as LLaMAMlpMixin  # the original's names, here
 from sat.model.official.gpt2_model import GPT2FinalMixin
+from sat.model.official.rotary_mixin import RotaryMixin as RotaryMixin
 from sat.ops.layernorm import RMSNorm
 
 

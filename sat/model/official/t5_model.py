@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from sat.model.base_model import BaseMixin
 from sat.model.encoder_decoder_model import EncoderDecoderModel, decoder_args
 from sat.model.layers import MLP, CrossAttention, SelfAttention, attention_fn_default
+from sat.model.official.gated_mlp import T5GatedGeluMLPMixin as T5GatedGeluMLPMixin  # the original's name, here
 from sat.mpu import (
     ColumnParallelLinear,
     get_model_parallel_rank,
