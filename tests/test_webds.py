@@ -4,33 +4,16 @@ ranks and DataLoader workers, the same order for the same seed, and side-car met
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
-import tarfile
 import types
 
 import pytest
 import torch
+from tar_shards import write_shards
 
 from sat import mpu
 from sat.data_utils import MetaDistributedWebDataset, SimpleDistributedWebDataset
-
-
-def write_shards(folder, shards: int, per_shard: int) -> list[str]:
-    """``folder/NNN.tar`` holding samples ``sSS_I`` with a ``.txt`` (the key) and an ``.id`` file."""
-    paths = []
-    for s in range(shards):
-        path = folder / f"{s:03d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for i in range(per_shard):
-                key = f"s{s}_{i}"
-                for ext, data in (("txt", key.encode()), ("id", str(i).encode())):
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-        paths.append(str(path))
-    return paths
 
 
 def keys(samples):
