@@ -29,6 +29,7 @@ from sat.mpu.mappings import (
     reduce_from_model_parallel_region,
     scatter_to_model_parallel_region,
 )
+from sat.mpu.operation import mp_split_model, mp_split_model_rank0, mp_split_model_receive
 from sat.mpu.random import (
     checkpoint,
     get_cuda_rng_tracker,
@@ -63,6 +64,9 @@ __all__ = [
     "model_parallel_cuda_manual_seed",
     "model_parallel_dropout_context",
     "model_parallel_is_initialized",
+    "mp_split_model",
+    "mp_split_model_rank0",
+    "mp_split_model_receive",
     "reduce_from_model_parallel_region",
     "scaled_init_method",
     "scatter_to_model_parallel_region",

@@ -127,7 +127,12 @@ class ColumnParallelLinear(_ParallelLayer):
             mark_partitioned(self.bias, 0, self.stride)
 
     def forward(self, input_: torch.Tensor) -> torch.Tensor:
-        output = linear(copy_to_model_parallel_region(input_), self.weight, self.bias)  # [..., out / mp]
+        return self.forward_with(input_, self.weight, self.bias)
+
+    def forward_with(self, input_: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The forward with this rank's ``weight`` and ``bias`` given (quantized layers pass a
+        dequantized weight)."""
+        output = linear(copy_to_model_parallel_region(input_), weight, bias)  # [..., out / mp]
         return gather_from_model_parallel_region(output) if self.gather_output else output
 
     def partition(self, new_model_parallel_size: int | None = None, full_weight: torch.Tensor | None = None):
@@ -209,14 +214,19 @@ class RowParallelLinear(_ParallelLayer):
             mark_replicated(self.bias)  # added once, after the partial products are summed
 
     def forward(self, input_: torch.Tensor) -> torch.Tensor:
+        return self.forward_with(input_, self.weight, self.bias)
+
+    def forward_with(self, input_: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The forward with this rank's ``weight`` and ``bias`` given (quantized layers pass a
+        dequantized weight)."""
         world_size = get_model_parallel_world_size()
         if world_size == 1:
-            return linear(input_, self.weight, self.bias)
+            return linear(input_, weight, bias)
         x = input_ if self.input_is_parallel else scatter_to_model_parallel_region(input_)
-        if self.bias is not None and not self.final_bias:
-            return reduce_from_model_parallel_region(linear(x, self.weight, self.bias / world_size))
-        output = reduce_from_model_parallel_region(linear(x, self.weight))  # [..., out]
-        return output if self.bias is None else output + self.bias
+        if bias is not None and not self.final_bias:
+            return reduce_from_model_parallel_region(linear(x, weight, bias / world_size))
+        output = reduce_from_model_parallel_region(linear(x, weight))  # [..., out]
+        return output if bias is None else output + bias
 
     def partition(self, new_model_parallel_size: int | None = None, full_weight: torch.Tensor | None = None):
         """Split a full-size layer (or ``full_weight``) into shards; the bias is replicated."""
