@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from sat.model.base_model import BaseMixin
+from sat.model.finetune.lenient_linear import HackColumnParallelLinear, HackLinear, HackRowParallelLinear
 from sat.model.finetune.qlora import dense_weight, quantize_linears_nf4, set_dense_weight
 from sat.mpu import (
     ColumnParallelLinear,
@@ -27,6 +28,16 @@ from sat.mpu import (
 )
 from sat.mpu.partition import block_sizes, mark_partitioned, mark_replicated
 from sat.ops.linear import linear
+
+__all__ = [
+    "HackColumnParallelLinear",
+    "HackLinear",
+    "HackRowParallelLinear",
+    "LoraLinear",
+    "LoraMixin",
+    "merge_linear_lora",
+    "replace_linear_with_lora",
+]
 
 
 def _load_plain_layer(module, state_dict: dict, prefix: str, *args) -> None:
@@ -198,3 +209,36 @@ class LoraMixin(BaseMixin):
             layer = getattr(module, attr)
             if isinstance(layer, LoraLinear):
                 setattr(module, attr, layer.merge())
+
+
+def replace_linear_with_lora(
+    lin: ColumnParallelLinear | RowParallelLinear,
+    partition: int | list[int],
+    r: int,
+    lora_alpha: float = 1.0,
+    lora_dropout: float = 0.0,
+    qlora: bool = False,
+    in_size: int | None = None,
+    out_size: int | None = None,
+) -> LoraLinear:
+    """The original's functional form of ``LoraLinear(lin, r, lora_alpha, lora_dropout)``.
+
+    ``partition`` (the number of fused output blocks, or their sizes) must match the layer's own
+    ``stride``, which sat reads itself; ``in_size``/``out_size`` are accepted for compatibility,
+    the shapes coming from the layer. NF4 storage is ``LoraMixin(qlora=True)``'s.
+    """
+    if qlora:
+        raise ValueError("replace_linear_with_lora: for 4-bit layers use LoraMixin(..., qlora=True)")
+    new_layer = LoraLinear(lin, r, lora_alpha, lora_dropout)
+    blocks = len(partition) if isinstance(partition, list | tuple) else partition
+    if blocks != len(new_layer.matrix_A):
+        raise ValueError(
+            f"replace_linear_with_lora: partition={partition} but the {type(lin).__name__} has "
+            f"{len(new_layer.matrix_A)} fused output block(s) (its stride)"
+        )
+    return new_layer
+
+
+def merge_linear_lora(lin: LoraLinear) -> ColumnParallelLinear | RowParallelLinear:
+    """Fold a ``LoraLinear``'s adapters into its layer and return the layer (``LoraLinear.merge``)."""
+    return lin.merge()
