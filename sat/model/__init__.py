@@ -4,6 +4,8 @@
 from sat.model.auto import AutoModel, get_model_class, list_avail_models
 from sat.model.base_model import BaseMixin, BaseModel, non_conflict, replacable
 from sat.model.build import get_model
+from sat.model.cached_autoregressive_model import CachedAutoregressiveModel
+from sat.model.encoder_decoder_model import EncoderDecoderModel
 from sat.model.registry import model_registry
 from sat.model.transformer import BaseTransformer
 
@@ -12,6 +14,8 @@ __all__ = [
     "BaseMixin",
     "BaseModel",
     "BaseTransformer",
+    "CachedAutoregressiveModel",
+    "EncoderDecoderModel",
     "get_model",
     "get_model_class",
     "list_avail_models",
