@@ -105,8 +105,9 @@ def _build(tokenizer_type: str, args):
         return icetk
     if tokenizer_type.startswith("glm_"):
         raise ValueError(
-            f"tokenizer_type {tokenizer_type!r}: the GLM tokenizers are not included; load the text tokenizer "
-            f"with transformers and {_OUTER}"
+            f"tokenizer_type {tokenizer_type!r}: the GLM tokenizers are not included (the original's command "
+            "tokens sop/eop/ENC/MASK/gMASK over a GPT-2, WordPiece or Chinese sentencepiece vocabulary); "
+            f"{_OUTER}"
         )
     if os.path.exists(tokenizer_type):
         raise ValueError(
