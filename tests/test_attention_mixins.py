@@ -6,12 +6,9 @@ import pytest
 import torch
 
 from sat.model import BaseModel
-from sat.model.attention import (
-    MemoryEfficientAttentionMixin,
-    TransposedMemoryEfficientAttentionMixin,
-    memory_efficient_attention,
-)
-from sat.ops.attention import standard_attention
+from sat.model.attention import MemoryEfficientAttentionMixin, TransposedMemoryEfficientAttentionMixin
+from sat.ops import memory_efficient_attention
+from sat.ops.attention import causal_attention_mask, standard_attention
 
 
 def _model(**kw) -> BaseModel:
@@ -53,10 +50,11 @@ def test_function_takes_the_sequence_first_layout():
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 2, 6, 4, 8).unbind(0)  # [b, s, n, hn]
     mask = torch.ones(6, 6).tril()
-    out = memory_efficient_attention(q, k, v, mask=mask)
     expected = standard_attention(*(t.transpose(1, 2) for t in (q, k, v)), mask).transpose(1, 2)
-    assert out.shape == (2, 6, 4, 8)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    for kernel_mask in (mask, causal_attention_mask(6, torch.float32, torch.device("cpu"))):  # untagged, tagged
+        out = memory_efficient_attention(q, k, v, mask=kernel_mask)
+        assert out.shape == (2, 6, 4, 8)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_additive_weights_are_refused():

@@ -1,56 +1,21 @@
 """``MemoryEfficientAttentionMixin``: attention through ``scaled_dot_product_attention``.
 
-The original ran xformers' memory-efficient kernel here. SDPA has the same kernel (and flash
-attention) built in, so xformers is never needed. The backbone already takes SDPA for the masks
-it builds; these mixins take it for every mask: a full or causal mask the backbone tagged runs
-as such, any other mask tensor (1 = attend) goes to SDPA as a boolean mask instead of raising,
-as the original did. A row whose keys are all masked gives NaN there, where the eager
-reference attends uniformly.
+The original ran xformers' memory-efficient kernel here; these mixins run
+``sat.ops.memory_efficient_attention`` (SDPA: no xformers, every mask; see there). The backbone
+already takes SDPA for the masks it builds, so the mixins change the kernel only for other masks.
 """
 
 from __future__ import annotations
 
-import contextlib
-
-import torch
-import torch.nn.functional as F
-
 from sat.model.base_model import BaseMixin
 from sat.mpu.random import model_parallel_dropout_context
-from sat.ops import attention as kernels
+from sat.ops.memory_efficient_attention import memory_efficient_attention as _kernel
 
 
-def memory_efficient_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    attention_dropout: float = 0.0,
-    mask: torch.Tensor | None = None,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """SDPA on q ``[b, sq, np, hn]``, k and v ``[b, sk, nkv, hn]`` (the original's
-    ``sat.ops.memory_efficient_attention`` layout) -> ``[b, sq, np, hn]``. ``mask`` broadcasts to
-    ``[b, np, sq, sk]`` with 1 = attend (``None``: full attention); ``attention_dropout`` is a
-    probability, drawn from the model-parallel random stream."""
-    query, key, value = (t.transpose(1, 2) for t in (q, k, v))  # [b, n, s, hn]
-    kind = kernels.attention_mask_kind(mask)
-    if kind is not None:
-        context = kernels.sdpa_attention(
-            query, key, value, kind, attention_dropout, scale, dropout_context=model_parallel_dropout_context
-        )
-    else:
-        rng = model_parallel_dropout_context() if attention_dropout > 0 else contextlib.nullcontext()
-        with rng:
-            context = F.scaled_dot_product_attention(
-                query,
-                key,
-                value,
-                attn_mask=mask > 0,
-                dropout_p=attention_dropout,
-                scale=scale,
-                enable_gqa=key.shape[1] != query.shape[1],
-            )
-    return context.transpose(1, 2)  # [b, sq, np, hn]
+def memory_efficient_attention(q, k, v, attention_dropout: float = 0.0, mask=None, scale: float | None = None):
+    """``sat.ops.memory_efficient_attention`` (``[b, s, n, hn]`` layout) with its dropout drawn
+    from the model-parallel random stream, since each model-parallel rank holds other heads."""
+    return _kernel(q, k, v, attention_dropout, mask, scale, dropout_context=model_parallel_dropout_context)
 
 
 def _dropout_p(attention_dropout) -> float:
