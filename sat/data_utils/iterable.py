@@ -21,12 +21,20 @@ from torch.utils.data import IterableDataset
 from sat import mpu
 
 
-def shard_info() -> tuple[int, int]:
-    """``(shard, num_shards)`` of the calling process: its data-parallel rank times the
-    DataLoader's workers, plus its worker id."""
+def data_parallel_position() -> tuple[int, int]:
+    """``(data-parallel rank, data-parallel world size)`` of the calling process. The datasets
+    take it when they are built, in the training process, so their DataLoader workers read their
+    rank's share whether they are forked or spawned (a spawned worker has no process group)."""
+    return mpu.get_data_parallel_rank(), mpu.get_data_parallel_world_size()
+
+
+def shard_info(position: tuple[int, int]) -> tuple[int, int]:
+    """``(shard, num_shards)`` of the calling process: the data-parallel rank of ``position``
+    times the DataLoader's workers, plus its worker id."""
+    rank, world = position
     worker = torch.utils.data.get_worker_info()
     workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
-    return mpu.get_data_parallel_rank() * workers + worker_id, mpu.get_data_parallel_world_size() * workers
+    return rank * workers + worker_id, world * workers
 
 
 def shuffled(records: Iterable, size: int, rng: np.random.Generator) -> Iterator:
@@ -91,6 +99,7 @@ class JsonlIterableDataset(IterableDataset):
         self.process_fn = process_fn
         self.seed = seed
         self.shuffle_buffer = max(1, shuffle_buffer)
+        self.position = data_parallel_position()
 
     def _records(self, shard: int, num_shards: int) -> Iterator[dict]:
         line_number = 0
@@ -115,7 +124,7 @@ class JsonlIterableDataset(IterableDataset):
                 raise ValueError(f"shard {shard} of {num_shards} has no records in {self.files}: too few lines")
 
     def __iter__(self) -> Iterator:
-        return iter(self.process_fn(self._passes(*shard_info())))
+        return iter(self.process_fn(self._passes(*shard_info(self.position))))
 
 
 class AlterDataset(IterableDataset):
@@ -144,11 +153,12 @@ class AlterDataset(IterableDataset):
         self.seed = seed
         self.batch_from_same_dataset = batch_from_same_dataset
         self.batch_size = batch_size
+        self.position = data_parallel_position()
 
     def __iter__(self) -> Iterator:
         iterators = [iter(d) for d in self.datasets]
         weights = np.array(self.weights, dtype=np.float64)
-        shard, _ = shard_info()
+        shard, _ = shard_info(self.position)
         # The same choices on every rank when whole batches must come from one source.
         rng = np.random.default_rng((self.seed,) if self.batch_from_same_dataset else (self.seed, shard))
         run = self.batch_size if self.batch_from_same_dataset else 1

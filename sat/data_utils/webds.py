@@ -8,7 +8,8 @@ readers (data-parallel rank x DataLoader worker), so each sample is read exactly
 and the stream repeats, epoch after epoch. With fewer shards than readers every reader reads
 all of them and keeps every ``readers``-th sample instead. Model-parallel peers share a
 data-parallel rank and so read the same samples in the same order; the original had to turn
-shuffling off for them.
+shuffling off for them. The data-parallel rank is taken when the dataset is built, so spawned
+DataLoader workers (which have no process group) still read their rank's share.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import webdataset as wds
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import tarfile_samples
 
-from sat.data_utils.iterable import shard_info, shuffled
+from sat.data_utils.iterable import data_parallel_position, shard_info, shuffled
 from sat.helpers import print_rank0
 
 
@@ -58,9 +59,10 @@ class _ShardPipeline(wds.DataPipeline):
         self.seed = seed
         self.shuffle_buffer = max(1, shuffle_buffer)
         self.nshards = nshards
+        self.position = data_parallel_position()
 
     def _samples(self) -> Iterator[dict]:
-        reader, readers = shard_info()
+        reader, readers = shard_info(self.position)
         whole_shards = len(self.urls) >= readers
         rng = np.random.default_rng((self.seed, reader))
         left = self.nshards
