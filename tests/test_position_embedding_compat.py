@@ -17,6 +17,9 @@ from sat.model.position_embedding.rotary_embeddings import (
     apply_rotary_pos_emb_index,
     rotate_half,
 )
+from sat.model.position_embedding.rotary_embeddings_original import RotaryEmbedding as GLMRotary
+from sat.model.position_embedding.rotary_embeddings_original import apply_rotary_pos_emb as apply_sbh
+from sat.model.position_embedding.rotary_embeddings_original import apply_rotary_pos_emb_bhs
 from sat.model.position_embedding.vision_rotary_embeddings import VisionRotaryEmbedding, VisionRotaryEmbeddingFast
 
 
@@ -102,3 +105,18 @@ def test_vision_rotary_rotates_rows_then_columns():
     torch.testing.assert_close(out[..., [0, 9]], t[..., [0, 9]])
     fast = VisionRotaryEmbeddingFast(4, pt_seq_len=3)
     torch.testing.assert_close(fast(t[..., 1:9].flatten(1, 2)), out[..., 1:9].flatten(1, 2))
+
+
+def test_chatglm_rotary_table_and_fast_rotary_agree():
+    # The original's test_triton_rotary_embedding, ChatGLM half: rotate half the channels in pairs.
+    torch.manual_seed(0)
+    q = torch.randn(2, 3, 5, 16)  # [b, np, s, hn]
+    positions = torch.randint(0, 12, (2, 5))
+    table = GLMRotary(8)(12)  # [12, 4, 2]
+    assert table.shape == (12, 4, 2)
+    rotated = apply_rotary_pos_emb_bhs(q, table[positions])
+    expected, _ = FastRotaryEmbedding(8, interleaved=True)(q, q, positions)
+    torch.testing.assert_close(rotated, expected)
+    in_order = apply_sbh(q.permute(2, 0, 1, 3), table[:, None])  # [s, b, np, hn], positions 0..s-1
+    expected, _ = FastRotaryEmbedding(8, interleaved=True)(q, q, torch.arange(5)[None])
+    torch.testing.assert_close(in_order.permute(1, 2, 0, 3), expected)
