@@ -9,6 +9,7 @@ from distributed import run_workers
 
 from sat import mpu
 from sat.model import BaseModel
+from sat.model.official import T5Model
 from sat.mpu.reshard import partition_specs
 from sat.quantization import QuantizedColumnParallelLinear, QuantizedLinear, QuantizedRowParallelLinear, quantize
 from sat.quantization.packing import dequantize_weight, pack_int4, quantize_weight, unpack_int4
@@ -179,3 +180,15 @@ def test_quantized_mp2_model_equals_the_quantized_mp1_model():
         assert result["row shard"] == (32, 8)  # [out, in / 2 ranks / 2 per byte]
         assert torch.equal(result["row scale"], scale)  # taken over the whole row
         assert (result["logits"] - logits).abs().max() < 1e-5
+
+
+def test_quantized_own_lm_head_of_t5_v1_1():
+    torch.manual_seed(0)
+    args = T5Model.get_args(**TINY, gated_gelu_mlp=True, no_share_embeddings=True, relative_attention_num_buckets=8)
+    model = T5Model(args).eval()
+    with torch.no_grad():
+        reference = model(IDS, IDS.flip(1))[1]
+        quantize(model, 8)
+        logits = model(IDS, IDS.flip(1))[1]
+    assert isinstance(model.decoder.mixins["t5-final"].lm_head, QuantizedColumnParallelLinear)
+    assert 0 < (logits - reference).abs().max() < 0.05

@@ -3,6 +3,17 @@ bits)`` replaces a model's parallel linear layers in place (``convert.py``); the
 ``layers.py``, the arithmetic in ``packing.py``; ``kernels.py`` is the original's path."""
 
 from sat.quantization.convert import quantize
-from sat.quantization.layers import QuantizedColumnParallelLinear, QuantizedLinear, QuantizedRowParallelLinear
+from sat.quantization.layers import (
+    QuantizedColumnParallelLinear,
+    QuantizedLinear,
+    QuantizedRowParallelLinear,
+    linear_weight,
+)
 
-__all__ = ["QuantizedColumnParallelLinear", "QuantizedLinear", "QuantizedRowParallelLinear", "quantize"]
+__all__ = [
+    "QuantizedColumnParallelLinear",
+    "QuantizedLinear",
+    "QuantizedRowParallelLinear",
+    "linear_weight",
+    "quantize",
+]

@@ -22,6 +22,12 @@ from sat.mpu.partition import mark_partitioned, mark_replicated
 from sat.quantization.packing import absmax_scale, dequantize_weight, quantize_weight
 
 
+def linear_weight(layer: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """The weight ``[out, in]`` of a linear layer, for code that multiplies with it directly (an
+    output head): dequantized into ``dtype`` for a quantized layer, else the parameter itself."""
+    return layer.dequantized_weight(dtype) if isinstance(layer, QuantizedWeight) else layer.weight
+
+
 def _in_dtype(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return None if tensor is None else tensor.to(dtype)
 

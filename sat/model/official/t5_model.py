@@ -24,6 +24,7 @@ from sat.mpu import (
 from sat.mpu.partition import mark_partitioned, split_strided
 from sat.mpu.utils import divide, gelu
 from sat.ops.layernorm import RMSNorm
+from sat.quantization.layers import linear_weight
 
 # T5's layer norm is an RMS norm: no mean subtraction, no bias.
 T5LayerNorm = RMSNorm
@@ -140,7 +141,7 @@ class T5DecoderFinalMixin(BaseMixin):
         if self.tie_word_embeddings:
             logits, weight = logits * self.hidden_size**-0.5, self.transformer.word_embeddings.weight
         else:
-            weight = self.lm_head.weight
+            weight = linear_weight(self.lm_head, logits.dtype)  # dequantized if quantized
         return vocab_parallel_logits(logits, weight, kw_args["parallel_output"])  # [b, s, vocab (/ mp)]
 
 
