@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from sat.model import BaseMixin, BaseModel
+from sat.model.mixins import CachedAutoregressiveMixin
 from sat.model.official.bert_model import BertLMHead, lm_head
 from sat.model.official.llama_model import LLaMAMlpMixin, RotaryMixin
 from sat.model.official.t5_model import T5GatedGeluMLPMixin
@@ -82,3 +83,19 @@ def test_bert_lm_head():
     expected = head.decoder(F.layer_norm(F.gelu(head.dense(x)), (32,), eps=1e-5))
     assert head(x).shape == (2, 3, 50)
     torch.testing.assert_close(head(x), expected)
+
+
+def test_rotary_mixin_rotates_before_the_kv_cache():
+    plain, _ = _pair({}, {})
+    plain.add_mixin("rotary", RotaryMixin(32, 4))
+    plain.add_mixin("auto-regressive", CachedAutoregressiveMixin())
+    with torch.no_grad():
+        for param in plain.parameters():
+            param.mul_(8.0)  # sharper attention, so a wrong rotation would show
+        ids = torch.randint(0, 50, (1, 7))
+        positions = torch.arange(7)[None]
+        full = plain(ids, positions, -1)[0]
+        prefix = plain(ids[:, :5], positions[:, :5], -1)
+        mems = [layer["mem_kv"] for layer in prefix[1:]]
+        step = plain(ids[:, 5:], positions[:, 5:], -1, mems=mems)[0]
+    torch.testing.assert_close(step, full[:, 5:], atol=1e-4, rtol=1e-4)
