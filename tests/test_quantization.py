@@ -146,9 +146,13 @@ def test_quantized_linear_keeps_the_originals_signature():
     torch.manual_seed(0)
     dense = torch.nn.Linear(16, 8)
     layer = QuantizedLinear(8, dense.weight.detach(), dense.bias.detach(), in_features=16, out_features=8)
-    x = torch.randn(4, 16)
-    assert torch.equal(layer(x), F.linear(x, layer.dequantized_weight(torch.float32), dense.bias))
+    x = torch.randn(4, 16, requires_grad=True)
+    dequantized = layer.dequantized_weight(torch.float32)
+    assert torch.equal(layer(x), F.linear(x, dequantized, dense.bias))
     assert (layer(x) - dense(x)).abs().max() < 0.02
+    # Frozen weights, but gradients reach the input (finetuning adapters on a quantized model).
+    (grad,) = torch.autograd.grad(layer(x).sum(), x)
+    assert torch.allclose(grad, dequantized.sum(0).expand(4, 16)) and not layer.weight.requires_grad
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
