@@ -12,6 +12,7 @@ from model_checks import check_sat_model
 
 from sat.generation import BaseStrategy, filling_sequence
 from sat.model import AutoModel, BaseMixin
+from sat.model.build import get_meta_model
 from sat.model.cached_autoregressive_model import CachedAutoregressiveMixin, KVCache
 from sat.model.official import GLMModel
 from sat.model.official.glm_model import get_masks_and_position_ids_glm
@@ -138,10 +139,9 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
     check_sat_model(model, args, forward, tmp_path)
 
 
-def test_skip_init_builds_on_meta():
+def test_meta_build_puts_mixin_weights_on_meta():
     _, args = tiny_glm()
-    args.skip_init = True
-    model = GLMModel(args)
+    model = get_meta_model(args, GLMModel)
     assert model.get_mixin("block_position_embedding").block_position_embeddings.weight.is_meta
 
 

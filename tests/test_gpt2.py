@@ -8,7 +8,7 @@ from model_checks import check_hf_round_trip, check_left_padded_batch, check_sat
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers import GPT2Model as HFGPT2Model
 
-from sat.hf import from_hf
+from sat.hf import from_hf, to_hf
 from sat.model import AutoModel
 from sat.model.official import GPT2Model
 
@@ -38,11 +38,13 @@ def test_headless_source_and_directory(tmp_path):
     base = HFGPT2Model(hf_config()).eval()
     base.save_pretrained(tmp_path / "base")
     model, args = AutoModel.from_pretrained(str(tmp_path / "base"))
-    assert isinstance(model, GPT2Model) and args.num_layers == 2
+    assert isinstance(model, GPT2Model) and args.num_layers == 2 and args.headless
+    assert "gpt2-final" not in model.mixins
     with torch.no_grad():
         hidden = base(IDS).last_hidden_state
-        logits = model(IDS, POSITIONS, -1)[0]
-    assert (logits - hidden @ base.wte.weight.T).abs().max() < 1e-5  # tied head from the embeddings
+        assert (model(IDS, POSITIONS, -1)[0] - hidden).abs().max() < 1e-5  # no head: hidden states
+        back = to_hf(model)
+        assert type(back) is HFGPT2Model and (back(IDS).last_hidden_state - hidden).abs().max() < 1e-5
 
 
 def test_untied_head_round_trips(tmp_path):

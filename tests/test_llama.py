@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import sys
@@ -82,9 +83,11 @@ def test_translated_configuration():
 
 
 def test_rotary_buffer_is_declared_sat_only():
-    from sat.hf.families.llama import TABLE
+    from sat.hf.families.llama import table
 
-    assert StateDictMap.build(TABLE, 2).sat_only == {"transformer.position_embeddings.inv_freq"}
+    assert StateDictMap.build(table(argparse.Namespace(headless=False)), 2).sat_only == {
+        "transformer.position_embeddings.inv_freq"
+    }
 
 
 def test_padded_gqa_batch_matches_transformers():
@@ -119,10 +122,13 @@ def test_tied_directory_without_lm_head_loads_untied(tmp_path):
 def test_headless_tied_source(tmp_path):
     base = HFLlamaModel(hf_config(tie_word_embeddings=True)).eval()
     base.save_pretrained(tmp_path)
-    model, _ = AutoModel.from_pretrained(str(tmp_path))
+    model, args = AutoModel.from_pretrained(str(tmp_path))
+    assert args.headless and "lm" not in model.mixins
     with torch.no_grad():
         hidden = base(IDS).last_hidden_state
-        assert (sat_logits(model) - hidden @ base.embed_tokens.weight.T).abs().max() < 1e-5
+        assert (sat_logits(model) - hidden).abs().max() < 1e-5  # no head: hidden states
+        back = to_hf(model)
+        assert type(back) is HFLlamaModel and (back(IDS).last_hidden_state - hidden).abs().max() < 1e-5
 
 
 def test_sat_model_trains_saves_and_reloads(tmp_path):
@@ -202,8 +208,8 @@ def test_unmatched_and_missing_keys():
     del state["model.layers.1.self_attn.v_proj.weight"]
     with pytest.raises(MappingError, match=r"lacks \['model.layers.1.self_attn.v_proj.weight'\]"):
         hf_to_sat_state_dict(state, hf.config)
-    headless = HFLlamaModel(hf_config()).state_dict()  # untied and no head: nothing to build lm_head from
-    with pytest.raises(MappingError, match=r"lacks \['lm_head.weight'\]"):
+    headless = HFLlamaModel(hf_config()).state_dict()  # a base model's names under the causal LM's config
+    with pytest.raises(MappingError, match=r"lacks \['model.embed_tokens.weight'\]"):
         hf_to_sat_state_dict(headless, hf.config)
 
 

@@ -283,3 +283,25 @@ def test_unsupported_configs_and_unmatched_keys():
         "encoder.block.1.layer.0.SelfAttention.extra.weight",
         "decoder.block.0.layer.1.EncDecAttention.k.weight",
     )
+
+
+def test_forward_takes_the_finetune_scripts_position_ids():
+    # The original's examples/t5/finetune_t5.py calls the model with every input by keyword.
+    model, _ = from_hf(hf_t5(**V1_0))
+    enc_positions, dec_positions = torch.arange(20).expand(2, 20), torch.arange(24).expand(2, 24)
+    with torch.no_grad():
+        _, logits, *_ = model(
+            enc_input_ids=ENC_IDS, dec_input_ids=DEC_IDS, enc_position_ids=enc_positions, dec_position_ids=dec_positions
+        )
+        assert torch.equal(logits, model(ENC_IDS, DEC_IDS)[1])
+
+
+def test_encoder_decoder_model_forward_takes_position_ids_by_keyword():
+    model = EncoderDecoderModel(EncoderDecoderModel.get_args(**TINY, max_sequence_length=32)).eval()
+    positions, dec_positions = torch.arange(20).expand(2, 20), torch.arange(24).expand(2, 24)
+    with torch.no_grad():
+        by_keyword = model(
+            enc_input_ids=ENC_IDS, dec_input_ids=DEC_IDS, enc_position_ids=positions, dec_position_ids=dec_positions
+        )[1]
+        assert by_keyword.shape == (2, 24, TINY["vocab_size"])
+        assert torch.equal(by_keyword, model(ENC_IDS, positions, DEC_IDS, dec_positions)[1])

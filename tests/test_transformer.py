@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from reference import reference_forward
 
 from sat.model import BaseMixin, BaseModel
+from sat.model.build import get_meta_model
 from sat.ops.attention import causal_attention_mask
 from sat.ops.layernorm import RMSNorm
 from sat.transformer_defaults import attention_fn_default, standard_attention
@@ -213,12 +214,12 @@ def test_init_methods(tiny_args):
     assert torch.all(model.transformer.layers[1].mlp.dense_h_to_4h.weight == 0.5)
 
 
-def test_skip_init_cannot_run_until_loaded(tiny_args, tokens):
+def test_meta_build_cannot_run_until_loaded(tiny_args, tokens):
     ids, pos = tokens
     source = BaseModel(tiny_args()).eval()
-    model = BaseModel(tiny_args(skip_init=True))
+    model = get_meta_model(tiny_args(), BaseModel)
     assert all(p.is_meta for p in model.parameters())
-    with pytest.raises(RuntimeError, match="built with skip_init and these weights were never loaded"):
+    with pytest.raises(RuntimeError, match="built on meta and these weights were never loaded"):
         model(ids, pos, -1)
     model.load_state_dict(source.state_dict(), assign=True)
     assert torch.equal(model.eval()(ids, pos, -1)[0], source(ids, pos, -1)[0])

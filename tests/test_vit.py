@@ -13,6 +13,7 @@ from sat.hf import from_hf, to_hf
 from sat.model import AutoModel
 from sat.model.official import ViTModel
 from sat.model.official.vit_model import ViTProperty
+from sat.training.model_io import save_checkpoint
 
 
 def image(height: int = 32, width: int = 32) -> torch.Tensor:
@@ -76,7 +77,7 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
     model = ViTModel(args)
     assert list(model.mixins) == ["patch_embedding", "pos_embedding", "cls"]
     assert model.transformer.position_embeddings.weight.shape == (1 + 16 + 1, 32)
-    assert args.max_sequence_length == ViTModel.get_args().max_sequence_length  # the caller's args untouched
+    assert args.max_sequence_length == 1 + 16 + 1  # from get_args, and set again by building
     check_sat_model(model, args, lambda m: classify(m, image()), tmp_path)
 
 
@@ -104,8 +105,34 @@ def test_reinit_interpolates_the_grid_bicubically_and_keeps_special_tokens():
 def test_unsupported_configs_and_unmatched_keys():
     with pytest.raises(ValueError, match="hidden_act='relu' is not supported"):
         from_hf(ViTForImageClassification(hf_config(hidden_act="relu")))
-    with pytest.raises(ValueError, match="ViTModel is not supported"):
-        from_hf(HFViTModel(hf_config()))
     with pytest.raises(ValueError, match="one \\[CLS\\] token"):
         to_hf(ViTModel(sat_args()))  # a post token HF's ViT does not have
     check_unmatched_keys(ViTForImageClassification(hf_config()), "vit.layers.0.mlp.extra", "vit.layers.1.mlp.fc1.bias")
+
+
+def test_args_carry_the_sequence_length_of_the_geometry(tmp_path):
+    assert ViTModel.get_args().max_sequence_length == 1 + 14 * 14
+    assert sat_args(image_size=[32, 48], post_len=0).max_sequence_length == 1 + 4 * 6
+    args = sat_args()
+    args.max_sequence_length = 512  # e.g. sat.get_args() defaults
+    model = ViTModel(args)
+    assert args.max_sequence_length == 18  # the original's constructor wrote it back
+    args.save = str(tmp_path)
+    save_checkpoint(1, model, None, None, args)
+    _, loaded_args = ViTModel.from_pretrained(str(tmp_path))
+    assert loaded_args.max_sequence_length == 18
+
+
+def test_headless_source_gives_hidden_states_and_pooler_and_round_trips(tmp_path):
+    hf = HFViTModel(hf_config()).eval()
+    model, args = from_hf(hf)
+    assert args.headless and list(model.mixins) == ["patch_embedding", "pos_embedding", "pooler"]
+    with torch.no_grad():
+        expected = hf(image())
+        hidden = classify(model, image())  # [b, 1 + 16, h]: no head
+        assert hidden.shape == expected.last_hidden_state.shape
+        assert (hidden - expected.last_hidden_state).abs().max() < 1e-5
+        assert (model.get_mixin("pooler").pool(hidden) - expected.pooler_output).abs().max() < 1e-5
+        back = to_hf(model)
+        assert type(back) is HFViTModel
+        assert (back(image()).last_hidden_state - expected.last_hidden_state).abs().max() < 1e-5

@@ -17,7 +17,7 @@ from sat.checkpoint import load_state_dict_into
 from sat.hf.family import Family, family_for_model_type, family_for_sat_model
 from sat.hf.mapping import MappingError
 from sat.model.auto import get_model_class
-from sat.model.build import get_model
+from sat.model.build import get_meta_model
 from sat.runtime import resolve_device
 
 
@@ -109,9 +109,7 @@ def from_hf(source, **overrides) -> tuple[torch.nn.Module, argparse.Namespace]:
         setattr(args, key, value)
     state_map = family.state_map(args)
     sat_state = state_map.hf_to_sat(family.prepare_hf_state(dict(hf_state), config), family.context(args))
-    args.skip_init = True  # weights come from the source: build on meta, no random init
-    model = get_model(args, get_model_class(family.sat_class))
-    args.skip_init = False
+    model = get_meta_model(args, get_model_class(family.sat_class))  # the source supplies every weight
     missing, unexpected = load_state_dict_into(model, sat_state, resolve_device(args))
     missing = [key for key in missing if key not in state_map.sat_only]
     if missing or unexpected:

@@ -10,7 +10,7 @@ import torch
 
 from sat.config import TransformerConfig
 from sat.helpers import moved_names, print_rank0
-from sat.model.build import get_model
+from sat.model.build import building_on_meta, get_model
 from sat.model.hooks import HookError, collect_hooks, describe_chains, non_conflict, replacable
 from sat.model.pretrained import load_pretrained
 from sat.model.registry import MetaModel
@@ -63,14 +63,15 @@ class BaseModel(torch.nn.Module, metaclass=MetaModel):
             return
         # Never starts torch.distributed (get_args, training_main and from_pretrained do).
         require_model_parallel(getattr(args, "model_parallel_size", 1))
-        self._weights_may_be_missing = kwargs.get("skip_init", getattr(args, "skip_init", False))
+        device = torch.device("meta") if building_on_meta() else init_device(args)
+        self._weights_may_be_missing = device.type == "meta"
         # The subclass's keywords win over args: it knows its architecture best.
         architecture = {key: value for key, value in kwargs.items() if key in _ARCHITECTURE_FIELDS}
         build = dict(
             hooks=self.hooks,
             params_dtype=params_dtype,
             skip_init=getattr(args, "skip_init", False),
-            device=init_device(args),
+            device=device,
         )
         build.update({key: value for key, value in kwargs.items() if key not in _ARCHITECTURE_FIELDS})
         try:
@@ -143,7 +144,7 @@ class BaseModel(torch.nn.Module, metaclass=MetaModel):
         """Freeze parameters before training; subclasses override (the default freezes none)."""
 
     # ----------------------------------------------------------------- forward
-    _weights_may_be_missing = False  # True after a skip_init build, until weights are checked
+    _weights_may_be_missing = False  # True after a meta build, until weights are checked
 
     def forward(self, *args, **kwargs):
         if self._weights_may_be_missing:
@@ -158,7 +159,7 @@ class BaseModel(torch.nn.Module, metaclass=MetaModel):
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise RuntimeError(
-                f"{type(self).__name__} was built with skip_init and these weights were never loaded: {shown}. "
+                f"{type(self).__name__} was built on meta and these weights were never loaded: {shown}. "
                 "Load a checkpoint (load_checkpoint, from_pretrained, or load_state_dict(..., assign=True))."
             )
         self._weights_may_be_missing = False

@@ -1,4 +1,5 @@
-"""``get_model``: build a model class from ``args`` in the dtype and on the device they ask for."""
+"""``get_model``: build a model class from ``args`` in the dtype and on the device they ask for;
+``get_meta_model``: the same on ``meta``, for a caller that supplies every weight."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sat.runtime import assign_device, check_if_zero3, dtype_from_args
 
 def get_model(args, model_cls: type[torch.nn.Module], **kwargs) -> torch.nn.Module:
     """Build ``model_cls(args)`` in the dtype ``args.fp16``/``args.bf16`` ask for, on
-    ``args.device`` (models built with ``skip_init`` stay on ``meta`` until loaded); under
+    ``args.device`` (a model built on ``meta`` stays there until loaded); under
     ZeRO-3 inside ``deepspeed.zero.Init``, so each rank holds only its partition."""
     print_rank0(f"building {model_cls.__name__} model ...")
     params_dtype = kwargs.pop("params_dtype", None)
@@ -32,3 +33,17 @@ def get_model(args, model_cls: type[torch.nn.Module], **kwargs) -> torch.nn.Modu
     if not any(p.is_meta for p in model.parameters()):
         model = model.to(device)
     return model
+
+
+def get_meta_model(args, model_cls: type[torch.nn.Module], **kwargs) -> torch.nn.Module:
+    """``get_model`` with every weight on ``meta``: allocated by nobody, initialised by nobody,
+    for a caller that then loads all of them (``from_pretrained``, ``sat.hf``, resharding), so
+    the model never exists twice in memory. Mixins that create plain ``torch.nn`` modules follow
+    the default device, which is ``meta`` here; the backbone asks ``building_on_meta``."""
+    with torch.device("meta"):
+        return get_model(args, model_cls, **kwargs)
+
+
+def building_on_meta() -> bool:
+    """True inside ``get_meta_model`` (or any ``with torch.device("meta")`` block)."""
+    return torch.get_default_device().type == "meta"

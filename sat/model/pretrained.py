@@ -14,7 +14,7 @@ import torch
 
 from sat.arguments import overwrite_args_by_dict, update_args_with_file
 from sat.checkpoint import is_hf_directory, load_checkpoint, model_config_path
-from sat.model.build import get_model
+from sat.model.build import get_meta_model, get_model
 from sat.runtime import ensure_model_parallel, reset_model_parallel
 
 
@@ -69,8 +69,7 @@ def load_pretrained(
     # Build on the meta device and let the checkpoint's tensors become the weights: no random
     # initialisation, no second copy of the model in memory.
     build_args = copy.copy(args)
-    build_args.skip_init = getattr(args, "skip_init", False) or not build_only
-    model = get_model(build_args, model_cls, **kwargs)
+    model = (get_model if build_only else get_meta_model)(build_args, model_cls, **kwargs)
     args.device = build_args.device
     if not build_only:
         load_checkpoint(model, args, load_path=model_dir, prefix=prefix, specific_iteration=specific_iteration)

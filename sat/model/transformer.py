@@ -112,7 +112,10 @@ class BaseTransformer(HookedModule):
             device=device,
         )
         if config.is_rotary_emb:
-            self.position_embeddings = RotaryEmbedding(config.head_size, base=config.rotary_base, device=device)
+            # inv_freq is computed, not always loaded (sat.hf translations omit it): real even
+            # in a meta build.
+            rotary_device = torch.device("cpu") if device.type == "meta" else device
+            self.position_embeddings = RotaryEmbedding(config.head_size, base=config.rotary_base, device=rotary_device)
         else:
             self.position_embeddings = _absolute_position_embedding(config, build)
         self.layers = torch.nn.ModuleList(
@@ -261,8 +264,8 @@ for _name in _field_names():
 
 
 def _absolute_position_embedding(config: TransformerConfig, build: LayerBuild) -> torch.nn.Embedding:
-    device = "meta" if build.skip_init else build.device
-    weight = torch.empty(config.max_sequence_length, config.hidden_size, dtype=build.params_dtype, device=device)
+    shape = (config.max_sequence_length, config.hidden_size)
+    weight = torch.empty(shape, dtype=build.params_dtype, device=build.device)
     # The draw nn.Embedding's own initialisation makes, kept so that a seed gives the same
     # weights as ever (and as the original library, which also drew twice).
     torch.nn.init.normal_(weight)

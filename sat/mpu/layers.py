@@ -10,9 +10,10 @@ so a checkpoint's layout is the same whether or not model parallelism is in use:
 
 Each layer initialises itself with ``init_method(weight, module=owner, name=name)`` on the
 full weight and keeps its own shard, so the initial model is the same for every model-parallel
-size given the same seed. With ``skip_init=True`` the parameters live on the ``meta`` device
-until a checkpoint is loaded into them: an unloaded model cannot run, instead of running on
-uninitialised memory.
+size given the same seed. With ``skip_init=True`` the parameters are left uninitialised (real
+``torch.empty`` tensors, as in the original, so ``param.data = other.data`` fills them in);
+``device=None`` follows the default device, so a build inside ``torch.device("meta")``
+allocates nothing.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from sat.mpu.utils import InitMethod, VocabUtility, divide, unscaled_init_method
 from sat.ops.linear import linear
 
 
-def _parameter(shape: tuple[int, ...], dtype: torch.dtype, device, skip_init: bool) -> Parameter:
-    return Parameter(torch.empty(shape, dtype=dtype, device="meta" if skip_init else device))
+def _parameter(shape: tuple[int, ...], dtype: torch.dtype, device) -> Parameter:
+    # Uninitialised: the layer initialises it unless skip_init, whose caller fills it in.
+    return Parameter(torch.empty(shape, dtype=dtype, device=device))
 
 
 def vocab_parallel_logits(hidden: torch.Tensor, weight: torch.Tensor, parallel_output: bool) -> torch.Tensor:
@@ -86,7 +88,7 @@ class ColumnParallelLinear(_ParallelLayer):
         gather_output: all-gather the output so every rank sees all of it.
         stride: block layout of a fused weight (see ``sat.mpu.partition``).
         module, name: passed to ``init_method`` so custom inits can depend on them.
-        skip_init: create the parameters on ``meta``; a checkpoint must be loaded.
+        skip_init: leave the parameters uninitialised (the caller fills them in).
     """
 
     partition_dim = 0
@@ -104,7 +106,7 @@ class ColumnParallelLinear(_ParallelLayer):
         module: torch.nn.Module | None = None,
         name: str | None = None,
         skip_init: bool = False,
-        device: torch.device | str = torch.device("cpu"),
+        device: torch.device | str | None = None,
     ):
         super().__init__()
         self.input_size = input_size
@@ -112,8 +114,8 @@ class ColumnParallelLinear(_ParallelLayer):
         self.gather_output = gather_output
         self.stride = stride
         self.output_size_per_partition = divide(output_size, get_model_parallel_world_size())
-        self.weight = _parameter((self.output_size_per_partition, input_size), params_dtype, device, skip_init)
-        self.bias = _parameter((self.output_size_per_partition,), params_dtype, device, skip_init) if bias else None
+        self.weight = _parameter((self.output_size_per_partition, input_size), params_dtype, device)
+        self.bias = _parameter((self.output_size_per_partition,), params_dtype, device) if bias else None
         self._mark()
         self._set_init(init_method, module, name)
         if not skip_init:
@@ -190,7 +192,7 @@ class RowParallelLinear(_ParallelLayer):
         module: torch.nn.Module | None = None,
         name: str | None = None,
         skip_init: bool = False,
-        device: torch.device | str = torch.device("cpu"),
+        device: torch.device | str | None = None,
         final_bias: bool = True,
     ):
         super().__init__()
@@ -199,8 +201,8 @@ class RowParallelLinear(_ParallelLayer):
         self.input_is_parallel = input_is_parallel
         self.final_bias = final_bias
         self.input_size_per_partition = divide(input_size, get_model_parallel_world_size())
-        self.weight = _parameter((output_size, self.input_size_per_partition), params_dtype, device, skip_init)
-        self.bias = _parameter((output_size,), params_dtype, device, skip_init) if bias else None
+        self.weight = _parameter((output_size, self.input_size_per_partition), params_dtype, device)
+        self.bias = _parameter((output_size,), params_dtype, device) if bias else None
         self._mark()
         self._set_init(init_method, module, name)
         if not skip_init:
@@ -266,14 +268,14 @@ class VocabParallelEmbedding(_ParallelLayer):
         params_dtype: torch.dtype = torch.float,
         init_method: InitMethod = unscaled_init_method(0.02),
         skip_init: bool = False,
-        device: torch.device | str = torch.device("cpu"),
+        device: torch.device | str | None = None,
     ):
         super().__init__()
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self._set_vocab_range()
         self.weight = mark_partitioned(
-            _parameter((self.num_embeddings_per_partition, embedding_dim), params_dtype, device, skip_init), 0
+            _parameter((self.num_embeddings_per_partition, embedding_dim), params_dtype, device), 0
         )
         self._set_init(init_method, None, None)
         if not skip_init:
@@ -286,8 +288,10 @@ class VocabParallelEmbedding(_ParallelLayer):
         self.num_embeddings_per_partition = self.vocab_end_index - self.vocab_start_index
 
     def forward(self, input_: torch.Tensor) -> torch.Tensor:
-        if get_model_parallel_world_size() == 1:
-            return F.embedding(input_, self.weight)
+        """``input_ [...]`` -> ``[..., h]``. An id outside this rank's range, at every
+        model-parallel size, gets a zero row here (another rank supplies it), so an id outside
+        the vocabulary, such as the ``-1`` that GLM's finetunes pad with, embeds to zeros, as
+        in the original."""
         outside = (input_ < self.vocab_start_index) | (input_ >= self.vocab_end_index)
         local_ids = (input_ - self.vocab_start_index).masked_fill(outside, 0)
         output = F.embedding(local_ids, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)  # [..., h]

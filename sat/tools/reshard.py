@@ -27,7 +27,7 @@ from sat.checkpoint import (
     shard_path,
 )
 from sat.model.auto import get_model_class
-from sat.model.build import get_model
+from sat.model.build import get_meta_model
 from sat.mpu.reshard import partition_specs, reshard_tensor
 
 
@@ -40,8 +40,8 @@ def reshard_checkpoint(source: str, target: str, model_parallel_size: int, itera
     args = update_args_with_file(argparse.Namespace(), config_path)
     model_cls = get_model_class(args.model_class)
     args = argparse.Namespace(**{**vars(model_cls.get_args()), **vars(args)})
-    args.model_parallel_size, args.skip_init, args.device = 1, True, "cpu"
-    specs = partition_specs(get_model(args, model_cls))  # the full model on meta: shapes and specs only
+    args.model_parallel_size, args.device = 1, "cpu"
+    specs = partition_specs(get_meta_model(args, model_cls))  # the full model on meta: shapes and specs only
 
     source_dir = os.path.join(source, iteration)
     sources = [read_checkpoint_file(shard_path(source_dir, r)) for r in range(saved_model_parallel_size(source_dir))]

@@ -1,4 +1,4 @@
-"""GPT-2 (``GPT2LMHeadModel``) <-> ``GPT2Model``."""
+"""GPT-2 (``GPT2LMHeadModel``, and the headless ``GPT2Model``) <-> sat ``GPT2Model``."""
 
 from __future__ import annotations
 
@@ -8,28 +8,39 @@ from sat.hf.family import Family, register_family
 from sat.hf.mapping import TRANSPOSE
 
 _LAYER = "transformer.layers.{}."
-_HF_LAYER = "transformer.h.{}."
+_HEAD, _HEADLESS = "GPT2LMHeadModel", "GPT2Model"
 
-TABLE = [
-    ("transformer.word_embeddings.weight", "transformer.wte.weight"),
-    ("transformer.position_embeddings.weight", "transformer.wpe.weight"),
-    (_LAYER + "input_layernorm.weight", _HF_LAYER + "ln_1.weight"),
-    (_LAYER + "input_layernorm.bias", _HF_LAYER + "ln_1.bias"),
-    # Conv1D keeps weights as [in, out]; its fused c_attn is [Q; K; V] like query_key_value.
-    (_LAYER + "attention.query_key_value.weight", _HF_LAYER + "attn.c_attn.weight", TRANSPOSE),
-    (_LAYER + "attention.query_key_value.bias", _HF_LAYER + "attn.c_attn.bias"),
-    (_LAYER + "attention.dense.weight", _HF_LAYER + "attn.c_proj.weight", TRANSPOSE),
-    (_LAYER + "attention.dense.bias", _HF_LAYER + "attn.c_proj.bias"),
-    (_LAYER + "post_attention_layernorm.weight", _HF_LAYER + "ln_2.weight"),
-    (_LAYER + "post_attention_layernorm.bias", _HF_LAYER + "ln_2.bias"),
-    (_LAYER + "mlp.dense_h_to_4h.weight", _HF_LAYER + "mlp.c_fc.weight", TRANSPOSE),
-    (_LAYER + "mlp.dense_h_to_4h.bias", _HF_LAYER + "mlp.c_fc.bias"),
-    (_LAYER + "mlp.dense_4h_to_h.weight", _HF_LAYER + "mlp.c_proj.weight", TRANSPOSE),
-    (_LAYER + "mlp.dense_4h_to_h.bias", _HF_LAYER + "mlp.c_proj.bias"),
-    ("transformer.final_layernorm.weight", "transformer.ln_f.weight"),
-    ("transformer.final_layernorm.bias", "transformer.ln_f.bias"),
-    ("mixins.gpt2-final.lm_head.weight", "lm_head.weight"),
-]
+
+def is_headless(config) -> bool:
+    """Whether ``config`` describes HF's headless ``GPT2Model`` (no architectures: the LM)."""
+    return (getattr(config, "architectures", None) or [_HEAD])[0] == _HEADLESS
+
+
+def table(args) -> list[tuple]:
+    """GPT2LMHeadModel's rows (the base model under ``transformer.``), or the headless
+    GPT2Model's (no prefix, no head)."""
+    base = "" if args.headless else "transformer."
+    hf_layer = base + "h.{}."
+    rows = [
+        ("transformer.word_embeddings.weight", base + "wte.weight"),
+        ("transformer.position_embeddings.weight", base + "wpe.weight"),
+        (_LAYER + "input_layernorm.weight", hf_layer + "ln_1.weight"),
+        (_LAYER + "input_layernorm.bias", hf_layer + "ln_1.bias"),
+        # Conv1D keeps weights as [in, out]; its fused c_attn is [Q; K; V] like query_key_value.
+        (_LAYER + "attention.query_key_value.weight", hf_layer + "attn.c_attn.weight", TRANSPOSE),
+        (_LAYER + "attention.query_key_value.bias", hf_layer + "attn.c_attn.bias"),
+        (_LAYER + "attention.dense.weight", hf_layer + "attn.c_proj.weight", TRANSPOSE),
+        (_LAYER + "attention.dense.bias", hf_layer + "attn.c_proj.bias"),
+        (_LAYER + "post_attention_layernorm.weight", hf_layer + "ln_2.weight"),
+        (_LAYER + "post_attention_layernorm.bias", hf_layer + "ln_2.bias"),
+        (_LAYER + "mlp.dense_h_to_4h.weight", hf_layer + "mlp.c_fc.weight", TRANSPOSE),
+        (_LAYER + "mlp.dense_h_to_4h.bias", hf_layer + "mlp.c_fc.bias"),
+        (_LAYER + "mlp.dense_4h_to_h.weight", hf_layer + "mlp.c_proj.weight", TRANSPOSE),
+        (_LAYER + "mlp.dense_4h_to_h.bias", hf_layer + "mlp.c_proj.bias"),
+        ("transformer.final_layernorm.weight", base + "ln_f.weight"),
+        ("transformer.final_layernorm.bias", base + "ln_f.bias"),
+    ]
+    return rows if args.headless else [*rows, ("mixins.gpt2-final.lm_head.weight", "lm_head.weight")]
 
 
 def config_to_args(config) -> dict:
@@ -51,6 +62,7 @@ def config_to_args(config) -> dict:
         hidden_dropout=config.resid_pdrop,
         attention_dropout=config.attn_pdrop,
         layernorm_order="pre",
+        headless=is_headless(config),
     )
 
 
@@ -58,7 +70,11 @@ def model_to_config(model):
     from transformers import GPT2Config
 
     t = model.transformer
-    lm_head = model.get_mixin("gpt2-final").lm_head.weight
+    if "gpt2-final" in model.mixins:
+        lm_head = model.get_mixin("gpt2-final").lm_head.weight
+        head = dict(architectures=[_HEAD], tie_word_embeddings=bool(torch.equal(lm_head, t.word_embeddings.weight)))
+    else:
+        head = dict(architectures=[_HEADLESS])
     special = min(50256, t.vocab_size - 1)  # GPT-2's <|endoftext|>, kept inside small vocabularies
     return GPT2Config(
         n_layer=t.num_layers,
@@ -74,14 +90,13 @@ def model_to_config(model):
         attn_pdrop=t.layers[0].attention.attention_dropout.p,
         bos_token_id=special,
         eos_token_id=special,
-        tie_word_embeddings=bool(torch.equal(lm_head, t.word_embeddings.weight)),
+        **head,
     )
 
 
 def prepare_hf_state(state: dict, config) -> dict:
-    if not any(key.startswith("transformer.") for key in state):  # a headless GPT2Model
-        state = {f"transformer.{key}": value for key, value in state.items()}
-    state.setdefault("lm_head.weight", state["transformer.wte.weight"])  # tied, often not saved
+    if not is_headless(config):
+        state.setdefault("lm_head.weight", state["transformer.wte.weight"])  # tied, often not saved
     return state
 
 
@@ -90,11 +105,11 @@ register_family(
         name="gpt2",
         model_types=("gpt2",),
         sat_class="GPT2Model",
-        hf_class="GPT2LMHeadModel",
-        table=TABLE,
+        hf_class=lambda args: _HEADLESS if args.headless else _HEAD,
+        table=table,
         config_to_args=config_to_args,
         model_to_config=model_to_config,
         prepare_hf_state=prepare_hf_state,
-        ignore_hf=(r"transformer\.h\.\d+\.attn\.(masked_)?bias",),
+        ignore_hf=(r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias",),
     )
 )

@@ -1,4 +1,4 @@
-"""LLaMA (``LlamaForCausalLM``) <-> ``LLaMAModel``.
+"""LLaMA (``LlamaForCausalLM``, and the headless ``LlamaModel``) <-> sat ``LLaMAModel``.
 
 Both use the half-split ("rotate_half") rotary layout, so q/k need no permutation; q, k and v
 (GQA: fewer k/v heads) are stacked into ``query_key_value``.
@@ -12,27 +12,38 @@ from sat.hf.family import Family, register_family
 from sat.hf.mapping import concat
 
 _LAYER = "transformer.layers.{}."
-_HF_LAYER = "model.layers.{}."
+_HEAD, _HEADLESS = "LlamaForCausalLM", "LlamaModel"
 
 QKV = concat(lambda ctx: ctx["qkv_sizes"], name="qkv")
 
-TABLE = [
-    ("transformer.word_embeddings.weight", "model.embed_tokens.weight"),
-    ("transformer.position_embeddings.inv_freq", None),  # computed from rotary_base; HF recomputes its own
-    (_LAYER + "input_layernorm.weight", _HF_LAYER + "input_layernorm.weight"),
-    (
-        _LAYER + "attention.query_key_value.weight",
-        tuple(_HF_LAYER + f"self_attn.{name}_proj.weight" for name in "qkv"),
-        QKV,
-    ),
-    (_LAYER + "attention.dense.weight", _HF_LAYER + "self_attn.o_proj.weight"),
-    (_LAYER + "post_attention_layernorm.weight", _HF_LAYER + "post_attention_layernorm.weight"),
-    (_LAYER + "mlp.dense_h_to_4h_gate.weight", _HF_LAYER + "mlp.gate_proj.weight"),
-    (_LAYER + "mlp.dense_h_to_4h.weight", _HF_LAYER + "mlp.up_proj.weight"),
-    (_LAYER + "mlp.dense_4h_to_h.weight", _HF_LAYER + "mlp.down_proj.weight"),
-    ("transformer.final_layernorm.weight", "model.norm.weight"),
-    ("mixins.lm.lm_head.weight", "lm_head.weight"),
-]
+
+def is_headless(config) -> bool:
+    """Whether ``config`` describes HF's headless ``LlamaModel`` (no architectures: the LM)."""
+    return (getattr(config, "architectures", None) or [_HEAD])[0] == _HEADLESS
+
+
+def table(args) -> list[tuple]:
+    """LlamaForCausalLM's rows (the base model under ``model.``), or the headless LlamaModel's
+    (no prefix, no head)."""
+    base = "" if args.headless else "model."
+    hf_layer = base + "layers.{}."
+    rows = [
+        ("transformer.word_embeddings.weight", base + "embed_tokens.weight"),
+        ("transformer.position_embeddings.inv_freq", None),  # computed from rotary_base; HF recomputes its own
+        (_LAYER + "input_layernorm.weight", hf_layer + "input_layernorm.weight"),
+        (
+            _LAYER + "attention.query_key_value.weight",
+            tuple(hf_layer + f"self_attn.{name}_proj.weight" for name in "qkv"),
+            QKV,
+        ),
+        (_LAYER + "attention.dense.weight", hf_layer + "self_attn.o_proj.weight"),
+        (_LAYER + "post_attention_layernorm.weight", hf_layer + "post_attention_layernorm.weight"),
+        (_LAYER + "mlp.dense_h_to_4h_gate.weight", hf_layer + "mlp.gate_proj.weight"),
+        (_LAYER + "mlp.dense_h_to_4h.weight", hf_layer + "mlp.up_proj.weight"),
+        (_LAYER + "mlp.dense_4h_to_h.weight", hf_layer + "mlp.down_proj.weight"),
+        ("transformer.final_layernorm.weight", base + "norm.weight"),
+    ]
+    return rows if args.headless else [*rows, ("mixins.lm.lm_head.weight", "lm_head.weight")]
 
 
 def _rope_theta(config) -> float:
@@ -75,6 +86,7 @@ def config_to_args(config) -> dict:
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,
         pad_token_id=-1 if pad is None else pad,
+        headless=is_headless(config),
     )
 
 
@@ -83,7 +95,11 @@ def model_to_config(model):
 
     t = model.transformer
     heads = t.num_attention_heads
-    lm_head = model.get_mixin("lm").lm_head.weight
+    if "lm" in model.mixins:
+        lm_head = model.get_mixin("lm").lm_head.weight
+        head = dict(architectures=[_HEAD], tie_word_embeddings=bool(torch.equal(lm_head, t.word_embeddings.weight)))
+    else:
+        head = dict(architectures=[_HEADLESS])
     return LlamaConfig(
         num_hidden_layers=t.num_layers,
         hidden_size=t.hidden_size,
@@ -99,7 +115,7 @@ def model_to_config(model):
         bos_token_id=model.bos_token_id,
         eos_token_id=model.eos_token_id,
         pad_token_id=None if model.pad_token_id == -1 else model.pad_token_id,
-        tie_word_embeddings=bool(torch.equal(lm_head, t.word_embeddings.weight)),
+        **head,
     )
 
 
@@ -111,9 +127,9 @@ def context(args) -> dict:
 
 
 def prepare_hf_state(state: dict, config) -> dict:
-    if not any(key.startswith("model.") for key in state):  # a headless LlamaModel
-        state = {f"model.{key}": value for key, value in state.items()}
-    if getattr(config, "tie_word_embeddings", False):  # SmolLM2; lm_head.weight is often not saved
+    if getattr(config, "tie_word_embeddings", False) and not is_headless(
+        config
+    ):  # SmolLM2; lm_head.weight is often not saved
         # A copy: sat's head is a parameter of its own, which must not alias the embedding.
         state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
     return state
@@ -124,12 +140,15 @@ register_family(
         name="llama",
         model_types=("llama",),
         sat_class="LLaMAModel",
-        hf_class="LlamaForCausalLM",
-        table=TABLE,
+        hf_class=lambda args: _HEADLESS if args.headless else _HEAD,
+        table=table,
         config_to_args=config_to_args,
         model_to_config=model_to_config,
         context=context,
         prepare_hf_state=prepare_hf_state,
-        ignore_hf=(r"model\.rotary_emb\.(original_)?inv_freq", r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"),
+        ignore_hf=(
+            r"(model\.)?rotary_emb\.(original_)?inv_freq",
+            r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
+        ),
     )
 )

@@ -1,4 +1,4 @@
-"""ViT (``ViTForImageClassification``) <-> sat ``ViTModel``.
+"""ViT (``ViTForImageClassification``, and the headless ``ViTModel``) <-> sat ``ViTModel``.
 
 HF's ``[CLS]`` token is sat's one-row word embedding (``pre_len=1``, ``vocab_size=1``).
 transformers 5 renamed ViT's modules (``vit.layers.0.attention.q_proj``) but still saves, and
@@ -14,28 +14,42 @@ from sat.hf.families.bert import QKV, weight_bias
 from sat.hf.family import Family, register_family
 from sat.hf.mapping import Transform
 
-_LAYER, _HF_LAYER = "transformer.layers.{}.", "vit.layers.{}."
+_LAYER = "transformer.layers.{}."
 # HF keeps a leading batch dimension on the [CLS] token and the position table.
 BATCH = Transform("batch", lambda ts, ctx: ts[0].squeeze(0), lambda t, ctx: [t.unsqueeze(0)])
-_QKV = tuple(_HF_LAYER + f"attention.{name}_proj" for name in "qkv")
+_HEADLESS, _CLASSIFIER = "ViTModel", "ViTForImageClassification"
 
-TABLE = [
-    ("transformer.word_embeddings.weight", "vit.embeddings.cls_token", BATCH),
-    ("transformer.position_embeddings.weight", "vit.embeddings.position_embeddings", BATCH),
-    *weight_bias("mixins.patch_embedding.proj", "vit.embeddings.patch_embeddings.projection"),
-    *weight_bias(_LAYER + "input_layernorm", _HF_LAYER + "layernorm_before"),
-    (_LAYER + "attention.query_key_value.weight", tuple(k + ".weight" for k in _QKV), QKV),
-    (_LAYER + "attention.query_key_value.bias", tuple(k + ".bias" for k in _QKV), QKV),
-    *weight_bias(_LAYER + "attention.dense", _HF_LAYER + "attention.o_proj"),
-    *weight_bias(_LAYER + "post_attention_layernorm", _HF_LAYER + "layernorm_after"),
-    *weight_bias(_LAYER + "mlp.dense_h_to_4h", _HF_LAYER + "mlp.fc1"),
-    *weight_bias(_LAYER + "mlp.dense_4h_to_h", _HF_LAYER + "mlp.fc2"),
-    *weight_bias("transformer.final_layernorm", "vit.layernorm"),
-    *weight_bias("mixins.cls.classifier", "classifier"),
-]
+
+def table(args) -> list[tuple]:
+    """The classifier's rows (the base model under ``vit.``), or the headless model's (no
+    prefix, with the pooler)."""
+    base = "" if args.headless else "vit."
+    hf_layer = base + "layers.{}."
+    qkv = tuple(hf_layer + f"attention.{name}_proj" for name in "qkv")
+    head = (
+        weight_bias("mixins.pooler.dense", "pooler.dense")
+        if args.headless
+        else weight_bias("mixins.cls.classifier", "classifier")
+    )
+    return [
+        ("transformer.word_embeddings.weight", base + "embeddings.cls_token", BATCH),
+        ("transformer.position_embeddings.weight", base + "embeddings.position_embeddings", BATCH),
+        *weight_bias("mixins.patch_embedding.proj", base + "embeddings.patch_embeddings.projection"),
+        *weight_bias(_LAYER + "input_layernorm", hf_layer + "layernorm_before"),
+        (_LAYER + "attention.query_key_value.weight", tuple(k + ".weight" for k in qkv), QKV),
+        (_LAYER + "attention.query_key_value.bias", tuple(k + ".bias" for k in qkv), QKV),
+        *weight_bias(_LAYER + "attention.dense", hf_layer + "attention.o_proj"),
+        *weight_bias(_LAYER + "post_attention_layernorm", hf_layer + "layernorm_after"),
+        *weight_bias(_LAYER + "mlp.dense_h_to_4h", hf_layer + "mlp.fc1"),
+        *weight_bias(_LAYER + "mlp.dense_4h_to_h", hf_layer + "mlp.fc2"),
+        *weight_bias("transformer.final_layernorm", base + "layernorm"),
+        *head,
+    ]
+
+
 # Former name -> transformers 5 name, applied in order (attention.output.dense before output.dense).
 _RENAMES = (
-    ("vit.encoder.layer.", "vit.layers."),
+    ("encoder.layer.", "layers."),
     ("attention.attention.query", "attention.q_proj"),
     ("attention.attention.key", "attention.k_proj"),
     ("attention.attention.value", "attention.v_proj"),
@@ -55,9 +69,9 @@ def prepare_hf_state(state: dict, config) -> dict:
 
 
 def config_to_args(config) -> dict:
-    name = (config.architectures or ["ViTForImageClassification"])[0]
-    if name != "ViTForImageClassification":
-        raise ValueError(f"{name} is not supported; sat translates ViTForImageClassification")
+    name = (config.architectures or [_CLASSIFIER])[0]
+    if name not in (_CLASSIFIER, _HEADLESS):
+        raise ValueError(f"{name} is not supported; sat translates {_CLASSIFIER} and {_HEADLESS}")
     if config.hidden_act != "gelu":
         raise ValueError(f"ViT with hidden_act={config.hidden_act!r} is not supported (exact GELU only)")
     if not config.qkv_bias:
@@ -79,6 +93,7 @@ def config_to_args(config) -> dict:
         post_len=0,
         in_channels=config.num_channels,
         num_classes=config.num_labels,
+        headless=name == _HEADLESS,
     )
 
 
@@ -93,7 +108,11 @@ def model_to_config(model):
     if t.layernorm_order != "pre" or t.layers[0].mlp.activation_func is not F.gelu:
         raise ValueError("ViTModel converts to transformers only pre-LN with exact GELU")
     height, width = prop.image_size
-    proj, classifier = model.get_mixin("patch_embedding").proj, model.get_mixin("cls").classifier
+    proj = model.get_mixin("patch_embedding").proj
+    headless = "cls" not in model.mixins
+    extra = dict(architectures=[_HEADLESS]) if headless else {}
+    if not headless:
+        extra = dict(architectures=[_CLASSIFIER], num_labels=model.get_mixin("cls").classifier.out_features)
     return ViTConfig(
         num_hidden_layers=t.num_layers,
         hidden_size=t.hidden_size,
@@ -106,9 +125,8 @@ def model_to_config(model):
         image_size=height if height == width else [height, width],
         patch_size=prop.patch_size,
         num_channels=proj.in_channels,
-        num_labels=classifier.out_features,
         qkv_bias=True,
-        architectures=["ViTForImageClassification"],
+        **extra,
     )
 
 
@@ -117,8 +135,8 @@ register_family(
         name="vit",
         model_types=("vit",),
         sat_class="ViTModel",
-        hf_class="ViTForImageClassification",
-        table=TABLE,
+        hf_class=lambda args: _HEADLESS if args.headless else _CLASSIFIER,
+        table=table,
         config_to_args=config_to_args,
         model_to_config=model_to_config,
         context=lambda args: {"hidden_size": args.hidden_size},

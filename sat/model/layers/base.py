@@ -14,7 +14,8 @@ from sat.mpu.utils import InitMethod
 class LayerBuild:
     """How the backbone makes its modules, beyond the architecture (``TransformerConfig``).
 
-    ``skip_init`` builds every parameter on ``meta`` (a checkpoint fills them in later).
+    ``skip_init`` leaves parameters uninitialised (the caller fills them in); ``device`` is
+    ``meta`` for a build whose weights a checkpoint supplies (``get_meta_model``).
     """
 
     hooks: dict[str, Callable]
@@ -35,7 +36,7 @@ class LayerBuild:
     def norm(self, hidden_size: int, eps: float) -> torch.nn.Module:
         # Norm classes are user-replaceable and may take only (hidden_size, eps): choose the
         # device through the default-device context instead of a keyword.
-        with torch.device("meta" if self.skip_init else self.device):
+        with self.device:
             return self.layernorm(hidden_size, eps=eps).to(self.params_dtype)
 
 

@@ -21,9 +21,8 @@ class BertLMHead(torch.nn.Module):
 
     def __init__(self, vocab_size: int, hidden_size: int, layernorm_epsilon: float = 1e-5, skip_init: bool = False):
         super().__init__()
-        device = "meta" if skip_init else None  # skip_init: a checkpoint provides the weights
-        self.dense = torch.nn.Linear(hidden_size, hidden_size, device=device)
-        self.layer_norm = LayerNorm(hidden_size, eps=layernorm_epsilon, device=device)
+        self.dense = torch.nn.Linear(hidden_size, hidden_size)
+        self.layer_norm = LayerNorm(hidden_size, eps=layernorm_epsilon)
         # Column-parallel so the vocabulary shards with model parallelism. It enters the
         # model-parallel region itself, after the replicated dense and layer norm, so their
         # gradients are whole on every rank.
@@ -54,9 +53,9 @@ class BertPoolerMixin(BaseMixin):
     """The head of HF's headless ``BertModel``: the output stays the final hidden states, and
     ``pool(hidden_states)`` gives HF's ``pooler_output``, ``tanh(dense(hidden_states[:, 0]))``."""
 
-    def __init__(self, hidden_size: int, skip_init: bool = False):
+    def __init__(self, hidden_size: int):
         super().__init__()
-        self.dense = torch.nn.Linear(hidden_size, hidden_size, device="meta" if skip_init else None)
+        self.dense = torch.nn.Linear(hidden_size, hidden_size)
 
     def final_forward(self, logits, **kw_args):
         return logits  # [b, s, h]
@@ -69,9 +68,9 @@ class BertTypeMixin(BaseMixin):
     """``word_embedding_forward``: word plus token-type embeddings. ``kw_args['token_type_ids']``
     (``[b, s]``) defaults to all zeros, as in HF."""
 
-    def __init__(self, num_types: int, hidden_size: int, skip_init: bool = False):
+    def __init__(self, num_types: int, hidden_size: int):
         super().__init__()
-        self.type_embeddings = torch.nn.Embedding(num_types, hidden_size, device="meta" if skip_init else None)
+        self.type_embeddings = torch.nn.Embedding(num_types, hidden_size)
 
     def word_embedding_forward(self, input_ids, output_cross_layer, **kw_args):
         token_type_ids = kw_args.get("token_type_ids")
@@ -87,11 +86,11 @@ class BertModel(BaseModel):
         skip_init = kwargs.get("skip_init", getattr(args, "skip_init", False))
         t = self.transformer
         if getattr(args, "headless", False):
-            self.add_mixin("bert-pooler", BertPoolerMixin(t.hidden_size, skip_init=skip_init))
+            self.add_mixin("bert-pooler", BertPoolerMixin(t.hidden_size))
         else:
             final = BertFinalMixin(t.vocab_size, t.hidden_size, t.layernorm_epsilon, skip_init=skip_init)
             self.add_mixin("bert-final", final)
-        self.add_mixin("bert-type", BertTypeMixin(args.num_types, t.hidden_size, skip_init=skip_init))
+        self.add_mixin("bert-type", BertTypeMixin(args.num_types, t.hidden_size))
 
     @classmethod
     def add_model_specific_args(cls, parser):

@@ -19,9 +19,7 @@ class BlockPositionEmbeddingMixin(BaseMixin):
         super().__init__()
         self.max_sequence_length = max_sequence_length
         self.hidden_size = hidden_size
-        self.block_position_embeddings = torch.nn.Embedding(
-            max_sequence_length, hidden_size, device="meta" if skip_init else None
-        )
+        self.block_position_embeddings = torch.nn.Embedding(max_sequence_length, hidden_size)
         if not skip_init:
             torch.nn.init.normal_(self.block_position_embeddings.weight, mean=0.0, std=init_method_std)
 

@@ -1,8 +1,10 @@
-"""GPT-2: the backbone with tanh-GELU and an output projection of its own (``gpt2-final``)."""
+"""GPT-2: the backbone with tanh-GELU and an output projection of its own (``gpt2-final``), or
+with ``--headless`` none: the output is the final hidden states (HF's ``GPT2Model``)."""
 
 from __future__ import annotations
 
 from sat.model.base_model import BaseMixin, BaseModel
+from sat.model.encoder_decoder_model import EncoderFinalMixin
 from sat.mpu import ColumnParallelLinear, vocab_parallel_logits
 from sat.mpu.utils import gelu
 from sat.quantization.layers import linear_weight
@@ -27,11 +29,14 @@ class GPT2Model(BaseModel):
     def __init__(self, args, transformer=None, **kwargs):
         kwargs.setdefault("activation_func", gelu)
         super().__init__(args, transformer=transformer, **kwargs)
-        self.add_mixin(
-            "gpt2-final", GPT2FinalMixin(args.vocab_size, args.hidden_size, skip_init=getattr(args, "skip_init", False))
-        )
+        if getattr(args, "headless", False):
+            self.add_mixin("final", EncoderFinalMixin())  # hidden states out, as an encoder's
+        else:
+            final = GPT2FinalMixin(args.vocab_size, args.hidden_size, skip_init=getattr(args, "skip_init", False))
+            self.add_mixin("gpt2-final", final)
 
     @classmethod
     def add_model_specific_args(cls, parser):
-        parser.add_argument_group("GPT2", "GPT2 Configurations")
+        group = parser.add_argument_group("GPT2", "GPT2 Configurations")
+        group.add_argument("--headless", action="store_true", help="no LM head: output the final hidden states")
         return parser

@@ -1,4 +1,5 @@
-"""LLaMA: RMSNorm, SwiGLU MLP, rotary embeddings (MHA or GQA) and an untied output head ``lm``.
+"""LLaMA: RMSNorm, SwiGLU MLP, rotary embeddings (MHA or GQA) and an untied output head ``lm``
+(none with ``--headless``: the output is the final hidden states, HF's ``LlamaModel``).
 
 Rotary and the gated MLP are backbone options (``is_rotary_emb``, ``is_gated_mlp``), always
 on here. Checkpoints of the original library written before it had them built in kept them in
@@ -12,6 +13,7 @@ import re
 import torch.nn.functional as F
 
 from sat.model.base_model import BaseModel
+from sat.model.encoder_decoder_model import EncoderFinalMixin
 from sat.model.official.gated_mlp import LLaMAMlpMixin as LLaMAMlpMixin  # the original's names, here
 from sat.model.official.gpt2_model import GPT2FinalMixin
 from sat.model.official.rotary_mixin import RotaryMixin as RotaryMixin
@@ -41,8 +43,12 @@ class LLaMAModel(BaseModel):
     def __init__(self, args, transformer=None, layernorm=RMSNorm, activation_func=F.silu, **kwargs):
         kwargs = {"is_rotary_emb": True, "is_gated_mlp": True, "init_method_std": 0.01, **kwargs}
         super().__init__(args, transformer=transformer, layernorm=layernorm, activation_func=activation_func, **kwargs)
-        skip_init = getattr(args, "skip_init", False)
-        self.add_mixin("lm", LMMixin(args.vocab_size, args.hidden_size, skip_init=skip_init))
+        if getattr(args, "headless", False):
+            self.add_mixin("final", EncoderFinalMixin())  # hidden states out, as an encoder's
+        else:
+            self.add_mixin(
+                "lm", LMMixin(args.vocab_size, args.hidden_size, skip_init=getattr(args, "skip_init", False))
+            )
         # Kept for the way back to transformers (sat.hf), whose config carries them.
         self.bos_token_id = getattr(args, "bos_token_id", 0)
         self.eos_token_id = getattr(args, "eos_token_id", 1)
@@ -55,4 +61,5 @@ class LLaMAModel(BaseModel):
         group.add_argument("--bos-token-id", type=int, default=0)
         group.add_argument("--eos-token-id", type=int, default=1)
         group.add_argument("--pad-token-id", type=int, default=-1)
+        group.add_argument("--headless", action="store_true", help="no LM head: output the final hidden states")
         return parser

@@ -78,7 +78,7 @@ class T5AttentionMixin(BaseMixin):
         self.is_decoder = is_decoder
         world_size = get_model_parallel_world_size()
         if skip_init:
-            weight = torch.empty(relative_attention_num_buckets, divide(num_attention_heads, world_size), device="meta")
+            weight = torch.empty(relative_attention_num_buckets, divide(num_attention_heads, world_size))
         else:
             # Every head's bias drawn as one process draws it (torch.nn.Embedding's N(0, 1)), then
             # this rank's heads kept: the same model at any model-parallel size.
@@ -243,9 +243,14 @@ class T5Model(EncoderDecoderModel):
         enc_attention_mask=None,
         dec_attention_mask=None,
         cross_attention_mask=None,
+        enc_position_ids=None,
+        dec_position_ids=None,
         **kw_args,
     ):
-        """``(encoder_outputs, decoder_logits, *output_per_layers)``; see ``EncoderDecoderModel``."""
+        """``(encoder_outputs, decoder_logits, *output_per_layers)``; see ``EncoderDecoderModel``.
+
+        ``enc_position_ids`` and ``dec_position_ids`` are accepted, as the original's T5
+        finetune passes them, and unused: T5's relative attention bias needs no positions."""
         return super().forward(
             enc_input_ids,
             None,

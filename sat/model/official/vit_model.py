@@ -1,5 +1,6 @@
 """ViT: the image cut into patches (``patch_embedding``), learned position embeddings that
-``reinit`` resizes to a new grid (``pos_embedding``), and a class head on token 0 (``cls``).
+``reinit`` resizes to a new grid (``pos_embedding``), and a class head on token 0 (``cls``),
+or with ``--headless`` the final hidden states and a pooler (``pooler``, HF's ``ViTModel``).
 
 The sequence is ``pre_len`` special tokens (``[CLS]``: ``input_ids[:, :pre_len]`` looked up in
 the word embeddings), the patches of ``kw_args['image']``, then ``post_len`` special tokens.
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from sat.model.base_model import BaseMixin, BaseModel
+from sat.model.official.bert_model import BertPoolerMixin
 
 
 class ViTProperty:
@@ -33,10 +35,10 @@ class ViTProperty:
 class ImagePatchEmbeddingMixin(BaseMixin):
     """``word_embedding_forward``: special tokens around the patch embeddings of ``image``."""
 
-    def __init__(self, in_channels: int, hidden_size: int, property: ViTProperty, skip_init: bool = False):
+    def __init__(self, in_channels: int, hidden_size: int, property: ViTProperty):
         super().__init__()
-        size, device = property.patch_size, "meta" if skip_init else None  # skip_init: loaded later
-        self.proj = torch.nn.Conv2d(in_channels, hidden_size, size, stride=size, device=device)
+        size = property.patch_size
+        self.proj = torch.nn.Conv2d(in_channels, hidden_size, size, stride=size)
 
     def word_embedding_forward(self, input_ids, output_cross_layer, **kw_args):
         prop = self.transformer.property
@@ -82,26 +84,32 @@ class InterpolatedPositionEmbeddingMixin(BaseMixin):
 class ClsMixin(BaseMixin):
     """``final_forward``: ``classifier`` on the first token's final hidden state."""
 
-    def __init__(self, hidden_size: int, num_classes: int, skip_init: bool = False):
+    def __init__(self, hidden_size: int, num_classes: int):
         super().__init__()
-        self.classifier = torch.nn.Linear(hidden_size, num_classes, device="meta" if skip_init else None)
+        self.classifier = torch.nn.Linear(hidden_size, num_classes)
 
     def final_forward(self, logits, **kw_args):
         return self.classifier(logits[:, 0])  # [b, num_classes]
 
 
 class ViTModel(BaseModel):
+    """``max_sequence_length`` is not a free argument: ``pre_len + num_patches + post_len``.
+    ``get_args`` computes it and building sets it on ``args``, as the original's constructor did
+    (scripts read ``args.max_sequence_length`` after building the model)."""
+
     def __init__(self, args, transformer=None, **kwargs):
         property = ViTProperty(args.image_size, args.patch_size, args.pre_len, args.post_len)
         kwargs.setdefault("activation_func", F.gelu)
-        kwargs["max_sequence_length"] = property.seq_len  # the geometry decides it, not args
+        kwargs["max_sequence_length"] = args.max_sequence_length = property.seq_len
         super().__init__(args, transformer=transformer, **kwargs)
         self.transformer.property = property
-        skip_init = kwargs.get("skip_init", getattr(args, "skip_init", False))
         hidden_size = self.transformer.hidden_size
-        self.add_mixin("patch_embedding", ImagePatchEmbeddingMixin(args.in_channels, hidden_size, property, skip_init))
+        self.add_mixin("patch_embedding", ImagePatchEmbeddingMixin(args.in_channels, hidden_size, property))
         self.add_mixin("pos_embedding", InterpolatedPositionEmbeddingMixin())
-        self.add_mixin("cls", ClsMixin(hidden_size, args.num_classes, skip_init))
+        if getattr(args, "headless", False):
+            self.add_mixin("pooler", BertPoolerMixin(hidden_size))
+        else:
+            self.add_mixin("cls", ClsMixin(hidden_size, args.num_classes))
 
     @classmethod
     def add_model_specific_args(cls, parser):
@@ -112,4 +120,15 @@ class ViTModel(BaseModel):
         group.add_argument("--in-channels", type=int, default=3)
         group.add_argument("--num-classes", type=int, default=21843)
         group.add_argument("--patch-size", type=int, default=16)
+        group.add_argument(
+            "--headless",
+            action="store_true",
+            help="no classifier: output the final hidden states, with a pooler (HF's ViTModel)",
+        )
         return super().add_model_specific_args(parser)
+
+    @classmethod
+    def get_args(cls, **kwargs):
+        args = super().get_args(**kwargs)
+        args.max_sequence_length = ViTProperty(args.image_size, args.patch_size, args.pre_len, args.post_len).seq_len
+        return args
