@@ -46,14 +46,24 @@ def initialize_distributed(args) -> bool:
 
 def ensure_model_parallel(model_parallel_size: int) -> None:
     """Make sure the model-parallel groups match ``model_parallel_size`` before a model is
-    built: nothing to do at size 1; otherwise use (or start, from the launcher's environment)
-    ``torch.distributed`` and create the groups."""
+    built: use (or start, from the launcher's environment) ``torch.distributed`` and create the
+    groups. In a single process at size 1 there is nothing to do; a multi-process launch
+    (``WORLD_SIZE > 1``) gets its process group at any size, as from ``get_args``, so that
+    collectives after loading (``mp_split_model``, broadcasts) work as with the original."""
+    world_size = int(os.getenv("WORLD_SIZE", "1"))
+    if not torch.distributed.is_initialized() and world_size > 1:
+        _start_from_environment(model_parallel_size, world_size)
+        return
     if not _groups_needed(model_parallel_size):
         return
     if torch.distributed.is_initialized():
         mpu.initialize_model_parallel(model_parallel_size)
         return
-    world_size = int(os.getenv("WORLD_SIZE", "1"))
+    _start_from_environment(model_parallel_size, world_size)
+
+
+def _start_from_environment(model_parallel_size: int, world_size: int) -> None:
+    """Start ``torch.distributed`` from the launcher's ``RANK``/``LOCAL_RANK``/``MASTER_*``."""
     if world_size % model_parallel_size:
         raise ValueError(
             f"model_parallel_size={model_parallel_size} needs a multiple of {model_parallel_size} processes, "
