@@ -94,36 +94,30 @@ class QuantizedLinear(QuantizedWeight, torch.nn.Linear):
         return F.linear(input, self.dequantized_weight(input.dtype), _in_dtype(self.bias, input.dtype))
 
 
-class QuantizedColumnParallelLinear(QuantizedWeight, ColumnParallelLinear):
-    """A ``ColumnParallelLinear`` with a quantized weight. ``weight`` (default: the layer's own)
-    is this rank's float shard; ``bias_val`` replaces the bias (the original's signature)."""
+class _QuantizedParallelLinear(QuantizedWeight):
+    """The constructor and forward both quantized parallel layers share. ``weight`` (default: the
+    layer's own) is this rank's float shard; ``bias_val`` replaces the bias (the original's
+    signature)."""
+
+    def __init__(
+        self, weight_bit_width: int, weight: torch.Tensor | None = None, *args, bias_val=None, **kwargs
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.store_quantized(self.weight if weight is None else weight, weight_bit_width)
+        if bias_val is not None:
+            self.bias = bias_val
+
+    def forward(self, input_: torch.Tensor) -> torch.Tensor:
+        return self.forward_with(input_, self.dequantized_weight(input_.dtype), _in_dtype(self.bias, input_.dtype))
+
+
+class QuantizedColumnParallelLinear(_QuantizedParallelLinear, ColumnParallelLinear):
+    """A ``ColumnParallelLinear`` with a quantized weight (see ``_QuantizedParallelLinear``)."""
 
     partition_dim = 0
 
-    def __init__(
-        self, weight_bit_width: int, weight: torch.Tensor | None = None, *args, bias_val=None, **kwargs
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.store_quantized(self.weight if weight is None else weight, weight_bit_width)
-        if bias_val is not None:
-            self.bias = bias_val
 
-    def forward(self, input_: torch.Tensor) -> torch.Tensor:
-        return self.forward_with(input_, self.dequantized_weight(input_.dtype), _in_dtype(self.bias, input_.dtype))
-
-
-class QuantizedRowParallelLinear(QuantizedWeight, RowParallelLinear):
-    """A ``RowParallelLinear`` with a quantized weight (see ``QuantizedColumnParallelLinear``)."""
+class QuantizedRowParallelLinear(_QuantizedParallelLinear, RowParallelLinear):
+    """A ``RowParallelLinear`` with a quantized weight (see ``_QuantizedParallelLinear``)."""
 
     partition_dim = 1
-
-    def __init__(
-        self, weight_bit_width: int, weight: torch.Tensor | None = None, *args, bias_val=None, **kwargs
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.store_quantized(self.weight if weight is None else weight, weight_bit_width)
-        if bias_val is not None:
-            self.bias = bias_val
-
-    def forward(self, input_: torch.Tensor) -> torch.Tensor:
-        return self.forward_with(input_, self.dequantized_weight(input_.dtype), _in_dtype(self.bias, input_.dtype))

@@ -7,6 +7,8 @@ already takes SDPA for the masks it builds, so the mixins change the kernel only
 
 from __future__ import annotations
 
+import torch
+
 from sat.model.base_model import BaseMixin
 from sat.mpu.random import model_parallel_dropout_context
 from sat.ops.memory_efficient_attention import memory_efficient_attention as _kernel
@@ -31,6 +33,18 @@ def _no_additive_weights(log_attention_weights) -> None:
         )
 
 
+def _sdpa_sequence_first(
+    query, key, value, mask, dropout, log_attention_weights, scaling_attention_score: bool, heads_first: bool
+) -> torch.Tensor:
+    """What both mixins' ``attention_fn`` compute: ``memory_efficient_attention`` on q, k, v in
+    ``[b, s, n, hn]`` (given ``[b, n, s, hn]`` when ``heads_first``), returning ``[b, sq, np, hn]``."""
+    _no_additive_weights(log_attention_weights)
+    if heads_first:
+        query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # [b, s, n, hn]
+    scale = None if scaling_attention_score else 1.0
+    return memory_efficient_attention(query, key, value, _dropout_p(dropout), mask, scale)
+
+
 class MemoryEfficientAttentionMixin(BaseMixin):
     """``attention_fn`` through SDPA; q, k, v ``[b, np, s, hn]`` as the backbone passes them."""
 
@@ -45,10 +59,16 @@ class MemoryEfficientAttentionMixin(BaseMixin):
         scaling_attention_score=True,
         **kw_args,
     ):
-        _no_additive_weights(log_attention_weights)
-        q, k, v = (t.transpose(1, 2) for t in (query_layer, key_layer, value_layer))  # [b, s, n, hn]
-        scale = None if scaling_attention_score else 1.0
-        context = memory_efficient_attention(q, k, v, _dropout_p(attention_dropout), attention_mask, scale)
+        context = _sdpa_sequence_first(
+            query_layer,
+            key_layer,
+            value_layer,
+            attention_mask,
+            attention_dropout,
+            log_attention_weights,
+            scaling_attention_score,
+            heads_first=True,
+        )
         return context.transpose(1, 2)  # [b, np, sq, hn]
 
 
@@ -69,14 +89,17 @@ class TransposedMemoryEfficientAttentionMixin(BaseMixin):
         scaling_attention_score=True,
         **kw_args,
     ):
-        _no_additive_weights(log_attention_weights)
-        scale = None if scaling_attention_score else 1.0
         # The backbone's cross-attention calls this hook too, in its own [b, np, s, hn] layout.
         heads_first = kw_args.get("cross_attention", False)
-        if heads_first:
-            query_layer, key_layer, value_layer = (t.transpose(1, 2) for t in (query_layer, key_layer, value_layer))
-        context = memory_efficient_attention(
-            query_layer, key_layer, value_layer, _dropout_p(attention_dropout), attention_mask, scale
+        context = _sdpa_sequence_first(
+            query_layer,
+            key_layer,
+            value_layer,
+            attention_mask,
+            attention_dropout,
+            log_attention_weights,
+            scaling_attention_score,
+            heads_first,
         )  # [b, sq, np, hn]
         return context.transpose(1, 2) if heads_first else context
 
