@@ -80,6 +80,21 @@ def test_state_dict_round_trips_with_the_shadow():
     assert torch.equal(reloaded.state[first]["shadow"], optimizer.state[next(model.parameters())]["shadow"])
 
 
+def test_resumed_run_continues_the_decay_warm_up():
+    model = _model()
+    optimizer = FusedEmaAdam(model.parameters(), lr=1e-2, ema_decay=0.99)
+    _train(model, optimizer, steps=3)
+    saved = copy.deepcopy(optimizer.state_dict())
+    assert saved["num_updates"] == 3
+    resumed = FusedEmaAdam(model.parameters(), lr=1e-2, ema_decay=0.99)
+    resumed.load_state_dict(saved)
+    assert resumed.num_updates == 3
+    assert resumed.current_decay() == 5 / 14  # update 4: (1 + 4) / (10 + 4), not update 1's 2 / 11
+    plain = torch.optim.Adam(model.parameters(), lr=1e-2).state_dict()  # no count: keep ours
+    resumed.load_state_dict(plain)
+    assert resumed.num_updates == 3
+
+
 def test_unsupported_options_are_named():
     with pytest.raises(ValueError, match="AMSGrad"):
         FusedEmaAdam(_model().parameters(), amsgrad=True)

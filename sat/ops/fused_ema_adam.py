@@ -85,6 +85,22 @@ class FusedEmaAdam(torch.optim.Adam):
             torch._foreach_lerp_(shadows, [p.detach() for p in stepped], 1.0 - decay)  # d * s + (1 - d) * p
         return loss
 
+    def state_dict(self) -> dict:
+        """torch's optimizer state plus ``num_updates``, so a resumed run continues the warm-up of
+        the decay instead of restarting it (the original kept the count out of its state)."""
+        state = super().state_dict()
+        state["num_updates"] = self.num_updates
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load what ``state_dict`` returned; a state without ``num_updates`` (saved by plain
+        ``torch.optim.Adam``) keeps the current count."""
+        state_dict = dict(state_dict)
+        num_updates = state_dict.pop("num_updates", None)
+        super().load_state_dict(state_dict)
+        if num_updates is not None:
+            self.num_updates = int(num_updates)
+
     def copy_to(self) -> None:
         """Write every trainable parameter's EMA into the parameter."""
         for group in self.param_groups:
