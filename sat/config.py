@@ -77,6 +77,8 @@ class TransformerConfig:
     rotary_base: float = _arch(10000.0)
     num_experts: int = _arch(1)
     use_final_layernorm: bool = _arch(True)
+    # Not in the original's ARGS_DEFAULT (it had no sliding window): read from args when set.
+    sliding_window: int | list[int] = _arch(0, in_args_default=False)
 
     def __post_init__(self) -> None:
         if self.layernorm_order not in LAYERNORM_ORDERS:
@@ -91,6 +93,11 @@ class TransformerConfig:
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
                 f"({self.num_attention_heads}), or set hidden_size_per_attention_head"
             )
+        windows = self.sliding_window if isinstance(self.sliding_window, list) else [self.sliding_window]
+        if isinstance(self.sliding_window, list) and len(windows) != self.num_layers:
+            raise ValueError(f"sliding_window has {len(windows)} entries for {self.num_layers} layers")
+        if any(window < 0 for window in windows):
+            raise ValueError(f"sliding_window must be >= 0 (0: no window), got {self.sliding_window}")
         for heads, kv_heads in (
             ("num_attention_heads", "num_multi_query_heads"),
             ("num_attention_heads", "cross_num_multi_query_heads"),
@@ -108,6 +115,12 @@ class TransformerConfig:
     def is_decoder_layer(self, layer_id: int) -> bool:
         """Whether layer ``layer_id`` has cross-attention (``is_decoder`` may be a per-layer list)."""
         return self.is_decoder[layer_id] if isinstance(self.is_decoder, list) else self.is_decoder
+
+    def sliding_window_of_layer(self, layer_id: int) -> int:
+        """Layer ``layer_id``'s sliding window: its self-attention sees keys less than this many
+        positions back (0: no window; ``sliding_window`` may be a per-layer list)."""
+        window = self.sliding_window
+        return window[layer_id] if isinstance(window, list) else window
 
     @classmethod
     def from_args(cls, args: Any, **overrides: Any) -> TransformerConfig:

@@ -54,6 +54,21 @@ def causal_attention_mask(
     return mask
 
 
+def sliding_window_mask(query_length: int, key_length: int, window: int, device: torch.device) -> torch.Tensor:
+    """The ``[sq, sk]`` boolean look-back bound of a sliding window of ``window`` keys: query ``i``
+    (at position ``i + sk - sq``, aligned to the last key as with cached keys) may see key ``j``
+    when ``i + sk - sq - j < window``. It only bounds how far back a query sees: combine it with
+    the causal (or any) mask."""
+    query_positions = torch.arange(key_length - query_length, key_length, device=device)[:, None]  # [sq, 1]
+    return query_positions - torch.arange(key_length, device=device) < window  # [sq, sk]
+
+
+def first_key_in_window(query_length: int, key_length: int, window: int) -> int:
+    """Index of the first of ``key_length`` keys that any of the last ``query_length`` queries can
+    see through a sliding window of ``window`` keys: the keys before it can be dropped."""
+    return max(0, key_length - query_length - window + 1)
+
+
 def resolve_attention_mask(
     attention_mask: AttentionMask, query_length: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
@@ -126,11 +141,14 @@ def sdpa_attention(
     dropout_p: float = 0.0,
     scale: float | None = None,
     dropout_context: DropoutContext = contextlib.nullcontext,
+    sliding_window: int = 0,
 ) -> torch.Tensor:
     """``scaled_dot_product_attention`` for a full or causal mask; K/V may have fewer heads.
 
     A causal mask with more keys than queries (cached decoding, prefixes) is aligned to the
-    last query: query ``i`` sees keys ``j <= i + sk - sq``.
+    last query: query ``i`` sees keys ``j <= i + sk - sq``. ``sliding_window > 0`` further
+    limits each query to keys less than ``sliding_window`` positions back
+    (``sliding_window_mask``).
     """
     # The fused kernels need unit stride in the last dimension, or SDPA silently falls back
     # to the slow math kernel. Decoding breaks it: sat.ops.linear returns few-row products
@@ -140,7 +158,11 @@ def sdpa_attention(
     )
     sq, sk = query_layer.shape[-2], key_layer.shape[-2]
     mask, is_causal = None, False
-    if kind == CAUSAL and sq > 1:
+    if sliding_window and sk > sliding_window:  # the last query sees key 0 unless windowed
+        mask = sliding_window_mask(sq, sk, sliding_window, query_layer.device)  # [sq, sk]
+        if kind == CAUSAL:
+            mask = mask.tril(sk - sq)
+    elif kind == CAUSAL and sq > 1:
         if sq == sk:
             is_causal = True
         else:

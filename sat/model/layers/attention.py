@@ -42,6 +42,7 @@ def attention_fn_default(
     attention_dropout=None,
     log_attention_weights: torch.Tensor | None = None,
     scaling_attention_score: bool = True,
+    sliding_window: int = 0,
     **kwargs,
 ) -> torch.Tensor:
     """Attention proper: q ``[b, np, sq, hn]``, k/v ``[b, nkv, sk, hn]`` (``nkv`` divides ``np``:
@@ -49,9 +50,15 @@ def attention_fn_default(
 
     Runs SDPA when the mask is one the backbone built (full or causal) and no additive
     ``log_attention_weights`` or custom dropout is involved; the eager ``standard_attention``
-    otherwise.
+    otherwise. ``sliding_window > 0`` (the layer's ``sliding_window``) limits each query, aligned
+    to the last key, to the keys less than that many positions back: keys out of every query's
+    window (older cached ones) are dropped first, so decoding attends to the window only.
     """
     kind = kernels.attention_mask_kind(attention_mask)
+    if sliding_window:
+        key_layer, value_layer, attention_mask, log_attention_weights = _drop_keys_before_window(
+            query_layer.shape[2], key_layer, value_layer, attention_mask, log_attention_weights, sliding_window
+        )
     plain_dropout = attention_dropout is None or isinstance(attention_dropout, torch.nn.Dropout)
     if kind is not None and log_attention_weights is None and plain_dropout:
         dropout_p = attention_dropout.p if attention_dropout is not None and attention_dropout.training else 0.0
@@ -63,7 +70,12 @@ def attention_fn_default(
             dropout_p=dropout_p,
             scale=None if scaling_attention_score else 1.0,
             dropout_context=model_parallel_dropout_context,
+            sliding_window=sliding_window,
         )
+    if sliding_window and key_layer.shape[2] > sliding_window:
+        sq, sk = query_layer.shape[2], key_layer.shape[2]
+        window = kernels.sliding_window_mask(sq, sk, sliding_window, query_layer.device).to(query_layer.dtype)
+        attention_mask = window if attention_mask is None else attention_mask * window  # [..., sq, sk]
     num_query_heads = query_layer.shape[1]
     return standard_attention(
         query_layer,
@@ -75,6 +87,19 @@ def attention_fn_default(
         scaling_attention_score=scaling_attention_score,
         **kwargs,
     )
+
+
+def _drop_keys_before_window(query_length, key, value, mask, log_attention_weights, window):
+    """Keys ``[b, nkv, sk, hn]``, values, and the key columns of the mask and of the additive
+    weights, without the keys no query of a sliding ``window`` sees."""
+    start = kernels.first_key_in_window(query_length, key.shape[2], window)
+    if start == 0:
+        return key, value, mask, log_attention_weights
+    if mask is not None and mask.shape[-1] > 1:  # not broadcast over the keys
+        mask = mask[..., start:]
+    if log_attention_weights is not None and log_attention_weights.shape[-1] > 1:
+        log_attention_weights = log_attention_weights[..., start:]
+    return key[:, :, start:], value[:, :, start:], mask, log_attention_weights
 
 
 class _AttentionHeads(HookedModule):
@@ -89,6 +114,7 @@ class _AttentionHeads(HookedModule):
         self.num_attention_heads = config.num_attention_heads
         self.hidden_size_per_attention_head = head_size or divide(config.hidden_size, config.num_attention_heads)
         self.inner_hidden_size = config.num_attention_heads * self.hidden_size_per_attention_head
+        self.sliding_window = 0  # self-attention sets its layer's window
         self.repartition()
 
     def _init_output(self, config: TransformerConfig, build: LayerBuild) -> None:
@@ -119,6 +145,8 @@ class _AttentionHeads(HookedModule):
         output projection and dropout -> ``[b, s, h]``."""
         attention_fn = self.hook("attention_fn", attention_fn_default)
         dropout_fn = self.attention_dropout if self.training else None
+        if self.sliding_window:  # passed on through every attention_fn wrapper (KV cache, prefix)
+            kw_args = {**kw_args, "sliding_window": self.sliding_window}
         context = attention_fn(query, key, value, mask, dropout_fn, **kw_args)  # [b, np, sq, hn]
         return self.project(context.transpose(1, 2))
 
@@ -142,6 +170,7 @@ class SelfAttention(_AttentionHeads):
         self._attach(build.hooks, build.transformer)
         self.num_multi_query_heads = config.num_multi_query_heads
         self._init_heads(config, layer_id, config.hidden_size_per_attention_head)
+        self.sliding_window = config.sliding_window_of_layer(layer_id)
         kv_size = 2 * self.hidden_size_per_attention_head * (self.num_multi_query_heads or self.num_attention_heads)
         self.query_key_value = ColumnParallelLinear(
             config.hidden_size,
