@@ -85,7 +85,7 @@ def test_resumed_run_continues_the_decay_warm_up():
     optimizer = FusedEmaAdam(model.parameters(), lr=1e-2, ema_decay=0.99)
     _train(model, optimizer, steps=3)
     saved = copy.deepcopy(optimizer.state_dict())
-    assert saved["num_updates"] == 3
+    assert [group["num_updates"] for group in saved["param_groups"]] == [3]
     resumed = FusedEmaAdam(model.parameters(), lr=1e-2, ema_decay=0.99)
     resumed.load_state_dict(saved)
     assert resumed.num_updates == 3
@@ -93,6 +93,20 @@ def test_resumed_run_continues_the_decay_warm_up():
     plain = torch.optim.Adam(model.parameters(), lr=1e-2).state_dict()  # no count: keep ours
     resumed.load_state_dict(plain)
     assert resumed.num_updates == 3
+
+
+def test_groups_stepped_one_at_a_time_count_once_each():
+    model = _model()
+    first, second = list(model[0].parameters()), list(model[2].parameters())
+    optimizer = FusedEmaAdam([{"params": first}, {"params": second}], lr=1e-2)
+    x = torch.randn(4, 4)
+    model(x).sum().backward()
+    groups = optimizer.param_groups
+    for group in groups:  # as DeepSpeed's ZeRO-1/2 step: one group in param_groups at a time
+        optimizer.param_groups = [group]
+        optimizer.step()
+    optimizer.param_groups = groups
+    assert [group["num_updates"] for group in groups] == [1, 1] and optimizer.num_updates == 1
 
 
 def test_unsupported_options_are_named():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Mapping
 
@@ -26,13 +27,15 @@ from sat.helpers import print_all, print_rank0
 from sat.mpu.reshard import partition_specs, reshard_state
 from sat.runtime import global_rank, is_zero3_partitioned, resolve_device
 
+_EMA_TAG = re.compile(r"(\d+)-ema")  # the EMA weights saved with an iteration (sat.training.ema)
+
 
 def load_checkpoint(
     model: torch.nn.Module,
     args,
     load_path: str | None = None,
     prefix: str = "",
-    specific_iteration: int | None = None,
+    specific_iteration: int | str | None = None,
 ) -> int:
     """Load the checkpoint in ``load_path`` (default ``args.load``) into ``model``; returns the
     iteration to continue from.
@@ -41,17 +44,19 @@ def load_checkpoint(
     error unless ``args.force_inference``; in ``finetune`` only mixin (or cross-attention)
     weights may be missing and those mixins are re-initialised; ``pretrain`` also restores the
     random states. ``prefix`` loads only the keys starting with it, stripped.
+    ``specific_iteration`` loads that iteration instead of ``latest``'s: a positive int, or
+    ``"<iteration>-ema"`` for the EMA weights ``FusedEmaAdam`` training saved with it.
     """
     load_path = load_path or getattr(args, "load", None)
     if not load_path:
         raise ValueError("load_checkpoint needs load_path or args.load")
     mode = getattr(args, "mode", "inference")
     iteration, release, _ = get_checkpoint_iteration(load_path)
+    directory: int | str = iteration
     if specific_iteration is not None:
-        if not isinstance(specific_iteration, int) or specific_iteration <= 0:
-            raise ValueError(f"specific_iteration must be a positive int, got {specific_iteration!r}")
-        iteration, release = specific_iteration, False
-    path = get_checkpoint_name(load_path, iteration, release)
+        iteration, directory = _specific_iteration(specific_iteration)
+        release = False
+    path = get_checkpoint_name(load_path, directory, release)
     if mpu.get_data_parallel_rank() == 0:
         print_all(f"global rank {global_rank()} is loading checkpoint {path}")
     module = unwrap_module(model)
@@ -74,6 +79,16 @@ def load_checkpoint(
     if mpu.get_data_parallel_rank() == 0:
         print_all(f"> successfully loaded {path}")
     return iteration
+
+
+def _specific_iteration(value: int | str) -> tuple[int, int | str]:
+    """``(iteration, directory name)`` for ``specific_iteration``."""
+    match = _EMA_TAG.fullmatch(value) if isinstance(value, str) else None
+    if match:
+        return int(match.group(1)), value
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"specific_iteration must be a positive int or '<iteration>-ema', got {value!r}")
+    return value, value
 
 
 def _gathered(module: torch.nn.Module) -> contextlib.AbstractContextManager:

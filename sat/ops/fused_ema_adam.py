@@ -17,7 +17,7 @@ class FusedEmaAdam(torch.optim.Adam):
     ``state[p]["shadow"]``: after each step, ``shadow = d * shadow + (1 - d) * p``, starting
     from the weights before the first step. ``d`` is ``ema_decay``, or with
     ``use_num_upates`` (the original's spelling) ``min(ema_decay, (1 + n) / (10 + n))`` at
-    update ``n`` (counting from 1), so early averages forget their random start quickly.
+    update ``n`` of the parameter's group (counting from 1), so early averages forget their random start quickly.
 
     ``copy_to()`` writes the averages into the weights; ``store(params)`` and
     ``restore(params)`` keep and bring back the trained weights around that (evaluating or
@@ -55,51 +55,61 @@ class FusedEmaAdam(torch.optim.Adam):
         self.adam_w_mode = adam_w_mode
         self.set_grad_none = set_grad_none
         self.ema_decay = ema_decay
-        # -1: a constant decay; otherwise the number of updates made (the original's attribute).
-        self.num_updates = 0 if use_num_upates else -1
+        # Each group counts its own updates (-1: a constant decay): DeepSpeed's ZeRO-1/2 step one
+        # group at a time, and as a group entry the count is in state_dict(), so a resumed run
+        # continues the warm-up of the decay.
+        self.defaults["num_updates"] = 0 if use_num_upates else -1
+        for group in self.param_groups:
+            group["num_updates"] = self.defaults["num_updates"]
         self.collected_params: list[torch.Tensor] = []
+
+    @property
+    def num_updates(self) -> int:
+        """The updates made so far (the first group's count; -1 with a constant decay), the
+        original's attribute; setting it sets every group's."""
+        return self.param_groups[0]["num_updates"]
+
+    @num_updates.setter
+    def num_updates(self, value: int) -> None:
+        for group in self.param_groups:
+            group["num_updates"] = value
 
     def zero_grad(self, set_to_none: bool | None = None) -> None:
         super().zero_grad(set_to_none=self.set_grad_none if set_to_none is None else set_to_none)
 
-    def current_decay(self) -> float:
-        """The decay the next ``step`` applies (advancing the update count is ``step``'s job)."""
-        if self.num_updates < 0:
+    def current_decay(self, group: dict | None = None) -> float:
+        """The decay the next ``step`` applies to ``group`` (default: the first); advancing the
+        count is ``step``'s job."""
+        count = (group or self.param_groups[0])["num_updates"]
+        if count < 0:
             return self.ema_decay
-        n = self.num_updates + 1
+        n = count + 1
         return min(self.ema_decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
     def step(self, closure=None):
-        stepped = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        stepped = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
+        stepped = [(group, params) for group, params in stepped if params]
         # The average starts from the weights before their first update, as the original's did.
-        starts = {p: p.detach().clone() for p in stepped if "shadow" not in self.state[p]}
-        decay = self.current_decay()
+        starts = {p: p.detach().clone() for _, params in stepped for p in params if "shadow" not in self.state[p]}
+        decays = [self.current_decay(group) for group, _ in stepped]
         loss = super().step(closure)
-        if self.num_updates >= 0:
-            self.num_updates += 1
         for p, start in starts.items():
             self.state[p]["shadow"] = start
-        if stepped:
-            shadows = [self.state[p]["shadow"] for p in stepped]
-            torch._foreach_lerp_(shadows, [p.detach() for p in stepped], 1.0 - decay)  # d * s + (1 - d) * p
+        for (group, params), decay in zip(stepped, decays):
+            if group["num_updates"] >= 0:
+                group["num_updates"] += 1
+            shadows = [self.state[p]["shadow"] for p in params]
+            torch._foreach_lerp_(shadows, [p.detach() for p in params], 1.0 - decay)  # d * s + (1 - d) * p
         return loss
 
-    def state_dict(self) -> dict:
-        """torch's optimizer state plus ``num_updates``, so a resumed run continues the warm-up of
-        the decay instead of restarting it (the original kept the count out of its state)."""
-        state = super().state_dict()
-        state["num_updates"] = self.num_updates
-        return state
-
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load what ``state_dict`` returned; a state without ``num_updates`` (saved by plain
-        ``torch.optim.Adam``) keeps the current count."""
-        state_dict = dict(state_dict)
-        num_updates = state_dict.pop("num_updates", None)
+        """Load what ``state_dict`` returned, update counts included; groups saved without one
+        (by plain ``torch.optim.Adam``) keep their current count."""
+        counts = [group["num_updates"] for group in self.param_groups]
         super().load_state_dict(state_dict)
-        if num_updates is not None:
-            self.num_updates = int(num_updates)
+        for group, count in zip(self.param_groups, counts):
+            group.setdefault("num_updates", count)
 
     def copy_to(self) -> None:
         """Write every trainable parameter's EMA into the parameter."""

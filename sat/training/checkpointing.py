@@ -35,6 +35,7 @@ from sat.checkpoint import (
 )
 from sat.helpers import print_rank0
 from sat.runtime import barrier, global_rank
+from sat.training.ema import ema_checkpoint_tag, ema_optimizer_of, save_ema_weights
 
 
 def save_checkpoint(
@@ -45,12 +46,18 @@ def save_checkpoint(
     For a plain module: its weights, one file per model-parallel rank (written by the first
     data-parallel copy). For a DeepSpeed engine: the full training state (see the module
     docstring), with ``client_state`` (e.g. the data position) added to the model file. Every
-    rank must call it. ``optimizer``: accepted for compatibility with the original, unused (an
-    engine saves its own optimizer's state).
+    rank must call it. ``optimizer``: what ``deepspeed.initialize`` returned, or for a plain module
+    the torch optimizer, or None (an engine saves its own optimizer's state). When the optimizer is
+    ``sat.ops.FusedEmaAdam`` (the engine's, under ZeRO stage 0-2), the EMA weights are also saved,
+    as ``<args.save>/<iteration>-ema`` (load them with ``from_pretrained(args.save,
+    specific_iteration="<iteration>-ema")``).
     """
     if is_deepspeed_engine(model):
         _save_engine_checkpoint(iteration, model, lr_scheduler, args, client_state or {})
     else:
+        if ema_optimizer_of(optimizer) is not None:
+            ema_dir = os.path.join(save_dir_of(args), ema_checkpoint_tag(iteration))
+            save_ema_weights(ema_dir, model, optimizer, {"iteration": iteration})
         save_module_checkpoint(iteration, model, args)
 
 
@@ -113,13 +120,37 @@ def _save_engine_checkpoint(iteration: int, engine, lr_scheduler, args, client_s
             atomic_torch_save({"module": module_state, **state}, get_checkpoint_name(save_dir, tag))
     if rng is not None:
         atomic_torch_save(rng, rng_states_path(partial, global_rank()))
+    ema_tag = _save_engine_ema(iteration, engine, save_dir)
     barrier()
     if global_rank() == 0:
-        if os.path.isdir(final):  # left by a run that crashed before pointing ``latest`` at it
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        if ema_tag is not None:
+            _replace_dir(os.path.join(save_dir, ema_tag), os.path.join(save_dir, ema_checkpoint_tag(iteration)))
+        _replace_dir(partial, final)
         publish_checkpoint(iteration, engine.module, args, save_dir)
     barrier()
+
+
+def _replace_dir(source: str, target: str) -> None:
+    if os.path.isdir(target):  # left by a run that crashed before pointing ``latest`` at it
+        shutil.rmtree(target)
+    os.replace(source, target)
+
+
+def _save_engine_ema(iteration: int, engine, save_dir: str) -> str | None:
+    """Write the EMA weights of a ``FusedEmaAdam`` engine as ``<iteration>-ema.partial``; returns
+    that tag, or None when the optimizer keeps no EMA (or, under ZeRO-3, cannot swap it in)."""
+    if ema_optimizer_of(engine.optimizer) is None:
+        return None
+    if engine.zero_optimization_partition_weights():
+        print_rank0("FusedEmaAdam under ZeRO-3: the EMA weights are not saved (ZeRO stages 0-2 save them)", "WARNING")
+        return None
+    tag = f"{ema_checkpoint_tag(iteration)}.partial"
+    if global_rank() == 0 and os.path.isdir(os.path.join(save_dir, tag)):
+        shutil.rmtree(os.path.join(save_dir, tag))
+    barrier()
+    print_rank0(f"saving the EMA weights as {os.path.join(save_dir, ema_checkpoint_tag(iteration))}")
+    save_ema_weights(os.path.join(save_dir, tag), engine.module, engine.optimizer, {"iteration": iteration})
+    return tag
 
 
 class _SafeCheckpointEngine:

@@ -1,6 +1,7 @@
 """The original library's checkpoint module, kept as a re-export: the functions live in
 ``sat.checkpoint`` (layout, reading, loading, a plain module's save) and
-``sat.training.checkpointing`` (``save_checkpoint`` of an engine or module, resuming training)."""
+``sat.training.checkpointing`` (``save_checkpoint`` of an engine or module, resuming training) and
+``sat.training.ema`` (the EMA weights of ``FusedEmaAdam``)."""
 
 from sat.checkpoint import (
     CheckpointError,
@@ -24,6 +25,7 @@ from sat.training.checkpointing import (
     save_checkpoint,
     use_safe_checkpoint_engine,
 )
+from sat.training.ema import restore_ema_parameters_back, update_ema_parameters_to_model
 
 __all__ = [
     "CheckpointError",
@@ -39,9 +41,11 @@ __all__ = [
     "load_state_dict_into",
     "load_training_state",
     "read_checkpoint_file",
+    "restore_ema_parameters_back",
     "restore_rng_states",
     "rng_states",
     "save_checkpoint",
     "save_model_config",
+    "update_ema_parameters_to_model",
     "use_safe_checkpoint_engine",
 ]

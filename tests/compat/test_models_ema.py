@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
+import pytest
 import torch
 
 from sat.model import BaseModel
@@ -73,3 +75,64 @@ def test_fused_ema_adam_trains_and_swaps_in_its_average():
     assert torch.equal(model.weight, optimizer.state[model.weight]["shadow"])
     optimizer.restore(model.parameters())
     assert torch.equal(model.weight, trained)
+
+
+def _trained_with_ema(steps: int = 3):
+    from sat.ops import FusedEmaAdam
+
+    torch.manual_seed(0)
+    model = BaseModel(_args())
+    optimizer = FusedEmaAdam(model.parameters(), lr=0.05, ema_decay=0.5, use_num_upates=False)
+    ids = torch.randint(0, 100, (2, 8))
+    pos = torch.arange(8).expand(2, 8)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        logits = model(ids, pos, None)[0]  # [2, 8, vocab]
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten()).backward()
+        optimizer.step()
+    return model, optimizer
+
+
+def test_ema_helpers_swap_the_average_in_and_restore_exactly():
+    from sat.training.model_io import restore_ema_parameters_back, update_ema_parameters_to_model
+
+    model, optimizer = _trained_with_ema()
+    trained = {name: p.detach().clone() for name, p in model.named_parameters()}
+    update_ema_parameters_to_model(optimizer)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, optimizer.state[p]["shadow"]), name
+    assert not torch.equal(model.transformer.word_embeddings.weight, trained["transformer.word_embeddings.weight"])
+    restore_ema_parameters_back(optimizer)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, trained[name]), name
+
+
+def test_save_checkpoint_writes_an_ema_checkpoint_from_pretrained_loads(tmp_path):
+    from sat.model import AutoModel
+    from sat.training.model_io import save_checkpoint
+
+    model, optimizer = _trained_with_ema()
+    shadows = {name: optimizer.state[p]["shadow"].clone() for name, p in model.named_parameters()}
+    trained = {name: p.detach().clone() for name, p in model.named_parameters()}
+    args = _args(save=str(tmp_path))
+    save_checkpoint(3, model, optimizer, None, args)
+    assert sorted(os.listdir(tmp_path)) == ["3", "3-ema", "latest", "model_config.json"]
+    assert (tmp_path / "latest").read_text() == "3"
+    assert os.listdir(tmp_path / "3-ema") == ["mp_rank_00_model_states.pt"]
+    for name, p in model.named_parameters():  # the model keeps training from its own weights
+        assert torch.equal(p, trained[name]), name
+    ema_model, _ = AutoModel.from_pretrained(str(tmp_path), specific_iteration="3-ema")
+    for name, p in ema_model.named_parameters():
+        assert torch.equal(p, shadows[name]), name
+    latest_model, _ = AutoModel.from_pretrained(str(tmp_path))
+    for name, p in latest_model.named_parameters():
+        assert torch.equal(p, trained[name]), name
+    with pytest.raises(ValueError, match="'<iteration>-ema'"):
+        AutoModel.from_pretrained(str(tmp_path), specific_iteration="3-average")
+
+
+def test_ema_helpers_name_a_wrong_optimizer():
+    from sat.training.model_io import update_ema_parameters_to_model
+
+    with pytest.raises(ValueError, match="Adam keeps no EMA weights: the optimizer must be sat.ops.FusedEmaAdam"):
+        update_ema_parameters_to_model(torch.optim.Adam(torch.nn.Linear(2, 2).parameters()))
