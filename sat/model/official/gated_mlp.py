@@ -17,7 +17,7 @@ from sat.mpu import ColumnParallelLinear
 from sat.mpu.utils import gelu
 
 
-def _projections(num_layers: int, in_features: int, out_features: int, bias: bool, init_method=None):
+def layer_projections(num_layers: int, in_features: int, out_features: int, bias: bool, init_method=None):
     """One column-parallel ``in -> out`` projection per layer, sharded like ``dense_h_to_4h``."""
     kwargs = {} if init_method is None else {"init_method": init_method}
     return torch.nn.ModuleList(
@@ -26,7 +26,7 @@ def _projections(num_layers: int, in_features: int, out_features: int, bias: boo
     )
 
 
-def _gated(mlp: torch.nn.Module, activation: Callable, activated: torch.Tensor, linear: torch.Tensor):
+def gated_output(mlp: torch.nn.Module, activation: Callable, activated: torch.Tensor, linear: torch.Tensor):
     """``dense_4h_to_h(activation(activated) * linear)``: ``[..., 4h / mp]`` x2 -> ``[..., h]``."""
     return mlp.dense_4h_to_h(activation(activated) * linear)
 
@@ -38,12 +38,12 @@ class LLaMAMlpMixin(BaseMixin):
     def __init__(self, num_layers: int, in_features: int, hidden_features: int | None):
         super().__init__()
         hidden_features = 4 * in_features if hidden_features is None else hidden_features
-        self.gate_proj = _projections(num_layers, in_features, hidden_features, bias=False)
+        self.gate_proj = layer_projections(num_layers, in_features, hidden_features, bias=False)
 
     def mlp_forward(self, hidden_states, **kw_args):
         mlp = self.transformer.layers[kw_args["layer_id"]].mlp
         gate = self.gate_proj[kw_args["layer_id"]](hidden_states)
-        return _gated(mlp, mlp.activation_func, gate, mlp.dense_h_to_4h(hidden_states))
+        return gated_output(mlp, mlp.activation_func, gate, mlp.dense_h_to_4h(hidden_states))
 
 
 class T5GatedGeluMLPMixin(BaseMixin):
@@ -62,7 +62,7 @@ class T5GatedGeluMLPMixin(BaseMixin):
         self.hidden_size = hidden_size
         self.inner_hidden_size = 4 * hidden_size if inner_hidden_size is None else inner_hidden_size
         self.init_method_std = init_method_std
-        self.gated_h_to_4h_list = _projections(
+        self.gated_h_to_4h_list = layer_projections(
             num_layers, hidden_size, self.inner_hidden_size, bias, init_method=self._init_weights
         )
 
@@ -72,4 +72,4 @@ class T5GatedGeluMLPMixin(BaseMixin):
     def mlp_forward(self, hidden_states, **kw_args):
         mlp = self.transformer.layers[kw_args["layer_id"]].mlp
         linear = self.gated_h_to_4h_list[kw_args["layer_id"]](hidden_states)
-        return _gated(mlp, gelu, mlp.dense_h_to_4h(hidden_states), linear)
+        return gated_output(mlp, gelu, mlp.dense_h_to_4h(hidden_states), linear)
