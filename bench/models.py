@@ -1,6 +1,6 @@
 """Forward and training-step speed: sat vs transformers on identical weights.
 
-    python bench/models.py [--families gpt2 llama] [--presets small medium] [--device cuda]
+    python bench/models.py [--families gpt2 gptj llama] [--presets small medium] [--device cuda]
 
 For each family and preset a random ``transformers`` model is built from its config class and
 translated with ``sat.hf.from_hf``; both run the same inputs, interleaved, and the table gives
@@ -42,6 +42,20 @@ def build_hf(family: str, p: dict):
             attn_pdrop=0.0,
         )
         return GPT2LMHeadModel(config)
+    if family == "gptj":
+        from transformers import GPTJConfig, GPTJForCausalLM
+
+        config = GPTJConfig(
+            n_layer=p["layers"],
+            n_embd=p["hidden"],
+            n_head=p["heads"],
+            rotary_dim=p["hidden"] // p["heads"] // 4,  # GPT-J 6B rotates a quarter of each head
+            vocab_size=p["vocab"],
+            n_positions=p["seq"],
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        return GPTJForCausalLM(config)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(

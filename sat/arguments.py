@@ -54,7 +54,7 @@ def add_model_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         type=str,
         default=cli_default("layernorm_order"),
         choices=LAYERNORM_ORDERS,
-        help='where the layer norms go: "pre", "post" or "sandwich"',
+        help='where the layer norms go: "pre", "post", "sandwich" or "parallel" (GPT-J)',
     )
     group.add_argument(
         "--inner-hidden-size",
@@ -88,6 +88,15 @@ def add_model_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     )
     group.add_argument(
         "--rotary-base", type=float, default=cli_default("rotary_base"), help="frequency base of the rotary embedding"
+    )
+    group.add_argument(
+        "--rotary-dim", type=int, default=cli_default("rotary_dim"), help="rotated channels per head (None: all)"
+    )
+    group.add_argument(
+        "--rotary-interleaved",
+        action="store_true",
+        default=cli_default("rotary_interleaved"),
+        help="rotate channel pairs (2i, 2i + 1), as GPT-J, instead of halves",
     )
     group.add_argument(
         "--layernorm-epsilon", type=float, default=cli_default("layernorm_epsilon"), help="layer norm epsilon"

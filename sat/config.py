@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 Saved = Literal["always", "changed", "never"]
 _SAME = object()  # the command line uses the backbone's default
-LAYERNORM_ORDERS = ("pre", "post", "sandwich")
+LAYERNORM_ORDERS = ("pre", "post", "sandwich", "parallel")
 
 
 def _arch(
@@ -79,6 +79,13 @@ class TransformerConfig:
     use_final_layernorm: bool = _arch(True)
     # Not in the original's ARGS_DEFAULT (it had no sliding window): read from args when set.
     sliding_window: int | list[int] = _arch(0, in_args_default=False)
+    # Fields the original did not have (appended: positional arguments keep their places).
+    # GPT-J: a biased MLP beside unbiased attention (MLP biases = use_bias or use_mlp_bias).
+    use_mlp_bias: bool = _arch(False, in_args_default=False)
+    # Partial rotary (GPT-J rotates the first rotary_dim channels of each head; None: all) and
+    # the pair layout (channel 2i with 2i + 1) instead of halves (i with i + dim / 2).
+    rotary_dim: int | None = _arch(None, in_args_default=False)
+    rotary_interleaved: bool = _arch(False, in_args_default=False)
 
     def __post_init__(self) -> None:
         if self.layernorm_order not in LAYERNORM_ORDERS:
@@ -98,6 +105,12 @@ class TransformerConfig:
             raise ValueError(f"sliding_window has {len(windows)} entries for {self.num_layers} layers")
         if any(window < 0 for window in windows):
             raise ValueError(f"sliding_window must be >= 0 (0: no window), got {self.sliding_window}")
+        if self.rotary_dim is not None and (self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.head_size):
+            raise ValueError(
+                f"rotary_dim ({self.rotary_dim}) must be even and between 2 and the head size ({self.head_size})"
+            )
+        if self.layernorm_order == "parallel" and any(self.is_decoder_layer(i) for i in range(self.num_layers)):
+            raise ValueError("layernorm_order 'parallel' has no cross-attention: is_decoder must be False")
         for heads, kv_heads in (
             ("num_attention_heads", "num_multi_query_heads"),
             ("num_attention_heads", "cross_num_multi_query_heads"),

@@ -26,6 +26,11 @@ FAMILIES = {
 def tiny(family: str, seed: int = 0, **kwargs) -> tuple[torch.nn.Module, argparse.Namespace]:
     """A 2-layer, hidden-32 model of ``family`` without dropout; ``kwargs`` go to its constructor."""
     model_cls, overrides = FAMILIES[family]
+    return tiny_model(model_cls, overrides, seed, **kwargs)
+
+
+def tiny_model(model_cls: type, overrides: dict, seed: int = 0, **kwargs) -> tuple[torch.nn.Module, argparse.Namespace]:
+    """``tiny`` for any model class, with argument ``overrides`` (a family outside ``FAMILIES``)."""
     args = model_cls.get_args(
         num_layers=LAYERS,
         hidden_size=HIDDEN,
@@ -49,9 +54,14 @@ def mask(family: str):
     return None if family == "bert" else -1  # BERT attends both ways, the others causally
 
 
+def positions(family: str, ids: torch.Tensor) -> torch.Tensor:
+    """``[b, s]`` positions 0, 1, ...; for ChatGLM GLM's 2-D ``[b, 2, s]`` (block positions 0)."""
+    flat = torch.arange(ids.shape[1]).expand_as(ids)
+    return torch.stack((flat, torch.zeros_like(flat)), dim=1) if family == "chatglm" else flat
+
+
 def logits(model: torch.nn.Module, family: str, ids: torch.Tensor = IDS) -> torch.Tensor:
-    positions = torch.arange(ids.shape[1]).expand_as(ids)
-    return model(ids, positions, mask(family))[0]  # [b, s, vocab]
+    return model(ids, positions(family, ids), mask(family))[0]  # [b, s, vocab]
 
 
 def kv_heads(family: str) -> int:

@@ -89,8 +89,8 @@ def test_saved_fields_follow_the_originals_model_config():
         "max_sequence_length",
         "layernorm_order",
     ]
-    # The optional fields the original wrote when not at their default, plus rotary_base and
-    # sliding_window (the original had no sliding window).
+    # The optional fields the original wrote when not at their default, plus rotary_base and the
+    # fields it lacked (sliding_window, use_mlp_bias, rotary_dim, rotary_interleaved).
     assert saved_fields("changed") == {
         "layernorm_epsilon": 1e-5,
         "inner_hidden_size": None,
@@ -110,6 +110,9 @@ def test_saved_fields_follow_the_originals_model_config():
         "num_experts": 1,
         "use_final_layernorm": True,
         "sliding_window": 0,
+        "use_mlp_bias": False,
+        "rotary_dim": None,
+        "rotary_interleaved": False,
     }
 
 

@@ -115,7 +115,12 @@ class BaseTransformer(HookedModule):
             # inv_freq is computed, not always loaded (sat.hf translations omit it): real even
             # in a meta build.
             rotary_device = torch.device("cpu") if device.type == "meta" else device
-            self.position_embeddings = RotaryEmbedding(config.head_size, base=config.rotary_base, device=rotary_device)
+            self.position_embeddings = RotaryEmbedding(
+                config.rotary_dim or config.head_size,
+                base=config.rotary_base,
+                device=rotary_device,
+                interleaved=config.rotary_interleaved,
+            )
         else:
             self.position_embeddings = _absolute_position_embedding(config, build)
         self.layers = torch.nn.ModuleList(

@@ -39,10 +39,13 @@ def _parameter(shape: tuple[int, ...], dtype: torch.dtype, device) -> Parameter:
     return Parameter(torch.empty(shape, dtype=dtype, device=device))
 
 
-def vocab_parallel_logits(hidden: torch.Tensor, weight: torch.Tensor, parallel_output: bool) -> torch.Tensor:
-    """Project ``hidden [..., h]`` onto a vocabulary whose rows ``weight [vocab / mp, h]`` are
-    split across model-parallel ranks; the full ``[..., vocab]`` unless ``parallel_output``."""
-    logits = linear(copy_to_model_parallel_region(hidden), weight)  # [..., vocab / mp]
+def vocab_parallel_logits(
+    hidden: torch.Tensor, weight: torch.Tensor, parallel_output: bool, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Project ``hidden [..., h]`` onto a vocabulary whose rows ``weight [vocab / mp, h]`` (and
+    ``bias [vocab / mp]``, if any) are split across model-parallel ranks; the full
+    ``[..., vocab]`` unless ``parallel_output``."""
+    logits = linear(copy_to_model_parallel_region(hidden), weight, bias)  # [..., vocab / mp]
     return logits if parallel_output else gather_from_model_parallel_region(logits)
 
 

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-
 from sat.hf.family import Family, register_family
+from sat.hf.heads import fill_tied_head, head_fields, is_headless
 from sat.hf.mapping import TRANSPOSE
 
 _LAYER = "transformer.layers.{}."
 _HEAD, _HEADLESS = "GPT2LMHeadModel", "GPT2Model"
-
-
-def is_headless(config) -> bool:
-    """Whether ``config`` describes HF's headless ``GPT2Model`` (no architectures: the LM)."""
-    return (getattr(config, "architectures", None) or [_HEAD])[0] == _HEADLESS
 
 
 def table(args) -> list[tuple]:
@@ -62,7 +56,7 @@ def config_to_args(config) -> dict:
         hidden_dropout=config.resid_pdrop,
         attention_dropout=config.attn_pdrop,
         layernorm_order="pre",
-        headless=is_headless(config),
+        headless=is_headless(config, _HEADLESS),
     )
 
 
@@ -70,11 +64,6 @@ def model_to_config(model):
     from transformers import GPT2Config
 
     t = model.transformer
-    if "gpt2-final" in model.mixins:
-        lm_head = model.get_mixin("gpt2-final").lm_head.weight
-        head = dict(architectures=[_HEAD], tie_word_embeddings=bool(torch.equal(lm_head, t.word_embeddings.weight)))
-    else:
-        head = dict(architectures=[_HEADLESS])
     special = min(50256, t.vocab_size - 1)  # GPT-2's <|endoftext|>, kept inside small vocabularies
     return GPT2Config(
         n_layer=t.num_layers,
@@ -90,14 +79,13 @@ def model_to_config(model):
         attn_pdrop=t.layers[0].attention.attention_dropout.p,
         bos_token_id=special,
         eos_token_id=special,
-        **head,
+        **head_fields(model, "gpt2-final", _HEAD, _HEADLESS),
     )
 
 
 def prepare_hf_state(state: dict, config) -> dict:
-    if not is_headless(config):
-        state.setdefault("lm_head.weight", state["transformer.wte.weight"])  # tied, often not saved
-    return state
+    # GPT-2 ties its head to the embedding whatever the config says, and often leaves it unsaved.
+    return fill_tied_head(state, config, _HEADLESS, "transformer.wte.weight", always=True)
 
 
 register_family(

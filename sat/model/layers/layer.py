@@ -19,7 +19,8 @@ def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
 class BaseTransformerLayer(HookedModule):
     """``input_layernorm``, ``attention``, ``post_attention_layernorm``, ``mlp``; plus
     ``third_layernorm``/``fourth_layernorm`` for the sandwich order and ``cross_attention`` with
-    ``post_cross_attention_layernorm`` in decoder layers."""
+    ``post_cross_attention_layernorm`` in decoder layers. The parallel order has one norm only,
+    no ``post_attention_layernorm``."""
 
     def __init__(self, config: TransformerConfig, layer_id: int, build: LayerBuild):
         super().__init__()
@@ -34,7 +35,8 @@ class BaseTransformerLayer(HookedModule):
 
         self.input_layernorm = norm()
         self.attention = SelfAttention(config, layer_id, build)
-        self.post_attention_layernorm = norm()
+        if self.layernorm_order != "parallel":
+            self.post_attention_layernorm = norm()
         if self.layernorm_order == "sandwich":
             self.third_layernorm = norm()
             self.fourth_layernorm = norm()
@@ -47,16 +49,20 @@ class BaseTransformerLayer(HookedModule):
         return self.hook("layer_forward", self.default_forward)(hidden_states, mask, *args, **kw_args)
 
     def default_forward(self, hidden_states: torch.Tensor, mask: torch.Tensor, *args, **kw_args) -> torch.Tensor:
-        """The default ``layer_forward``: ``[b, s, h]`` -> ``[b, s, h]``, in one of three orders
+        """The default ``layer_forward``: ``[b, s, h]`` -> ``[b, s, h]``, in one of four orders
         (``ln`` = norm; decoder layers put cross-attention ``xattn`` between the two blocks)::
 
             pre:       x = x + attn(ln(x));            x = x + mlp(ln(x))
             sandwich:  x = x + ln(attn(ln(x)));        x = x + ln(mlp(ln(x)))
             post:      y = ln(x); y = ln(y + attn(y)); out = y + mlp(y)
+            parallel:  y = ln(x); out = x + attn(y) + mlp(y)   (GPT-J; one norm, no decoder)
         """
         post = self.layernorm_order == "post"
         attention_input = self.input_layernorm(hidden_states)
         attention_output = self._branch(self.attention(attention_input, mask, **kw_args), "third_layernorm")
+        if self.layernorm_order == "parallel":  # both branches read the same normed input
+            mlp_output = self._branch(self.mlp(attention_input, **kw_args), "fourth_layernorm")
+            return hidden_states + attention_output + mlp_output
         if post:
             mlp_input = self.post_attention_layernorm(attention_input + attention_output)
         else:

@@ -30,16 +30,15 @@ class MLP(HookedModule):
         self.inner_hidden_size = config.inner_hidden_size or 4 * config.hidden_size
         self.is_gated_mlp = config.is_gated_mlp
         self.num_experts = config.num_experts
+        bias = config.use_bias or config.use_mlp_bias
         for expert in range(self.num_experts):
             suffix = f"_{expert}" if expert > 0 else ""
-            self._add_linear(
-                ColumnParallelLinear, "dense_h_to_4h" + suffix, build, config.use_bias, gather_output=False
-            )
+            self._add_linear(ColumnParallelLinear, "dense_h_to_4h" + suffix, build, bias, gather_output=False)
             self._add_linear(
                 RowParallelLinear,
                 "dense_4h_to_h" + suffix,
                 build,
-                config.use_bias,
+                bias,
                 input_is_parallel=True,
                 final_bias=config.row_parallel_linear_final_bias,
             )

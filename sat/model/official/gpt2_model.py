@@ -11,18 +11,21 @@ from sat.quantization.layers import linear_weight
 
 
 class GPT2FinalMixin(BaseMixin):
-    """``final_forward``: project hidden states to the vocabulary with ``lm_head``."""
+    """``final_forward``: project hidden states to the vocabulary with ``lm_head`` (with a bias
+    for ``bias=True``, as GPT-J's)."""
 
-    def __init__(self, vocab_size: int, hidden_size: int, skip_init: bool = False):
+    def __init__(self, vocab_size: int, hidden_size: int, skip_init: bool = False, bias: bool = False):
         super().__init__()
         # Column-parallel so the vocabulary shards with model parallelism.
         self.lm_head = ColumnParallelLinear(
-            hidden_size, vocab_size, bias=False, gather_output=False, skip_init=skip_init
+            hidden_size, vocab_size, bias=bias, gather_output=False, skip_init=skip_init
         )
 
     def final_forward(self, logits, **kw_args):
         # linear_weight: a head quantized by sat.quantization.quantize multiplies in logits' dtype.
-        return vocab_parallel_logits(logits, linear_weight(self.lm_head, logits.dtype), kw_args["parallel_output"])
+        weight = linear_weight(self.lm_head, logits.dtype)
+        bias = None if self.lm_head.bias is None else self.lm_head.bias.to(logits.dtype)
+        return vocab_parallel_logits(logits, weight, kw_args["parallel_output"], bias)
 
 
 class GPT2Model(BaseModel):

@@ -57,13 +57,18 @@ def _same_key(a: tuple, b: tuple) -> bool:
 class RotaryEmbedding(torch.nn.Module):
     """RoPE over the first ``dim`` channels of each head, with frequency base ``base``.
 
-    ``inv_freq`` is a persistent buffer, as in checkpoints of the original library.
+    ``interleaved``: rotate channel pairs ``(2i, 2i + 1)`` (GPT-J, ChatGLM) instead of
+    ``(i, i + dim / 2)`` (GPT-NeoX, LLaMA). ``inv_freq`` is a persistent buffer, as in
+    checkpoints of the original library.
     """
 
-    def __init__(self, dim: int, base: float = 10000.0, device: torch.device | str | None = None):
+    def __init__(
+        self, dim: int, base: float = 10000.0, device: torch.device | str | None = None, interleaved: bool = False
+    ):
         super().__init__()
         self.dim = dim
         self.base = base
+        self.interleaved = interleaved
         self.register_buffer("inv_freq", self._inv_freq(device))
         # Every layer rotates by the same position_ids in one forward: compute cos/sin once.
         self._cached: tuple | None = None
@@ -101,5 +106,9 @@ class RotaryEmbedding(torch.nn.Module):
 
         ``max_seqlen`` and ``layer_id`` are accepted for compatibility and not needed.
         """
-        cos, sin = self.cos_sin(position_ids, query.dtype)
-        return rotate_with(query, cos, sin), rotate_with(key, cos, sin)
+        cos, sin = self.cos_sin(position_ids, query.dtype)  # [b or 1, 1, s, dim]
+        if not self.interleaved:
+            return rotate_with(query, cos, sin), rotate_with(key, cos, sin)
+        half = self.dim // 2  # cos_sin holds each frequency twice; the pair layout takes it once
+        cos, sin = cos[..., :half], sin[..., :half]
+        return rotate_interleaved(query, cos, sin), rotate_interleaved(key, cos, sin)

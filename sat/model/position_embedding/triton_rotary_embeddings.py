@@ -1,14 +1,14 @@
 """``FastRotaryEmbedding``, the original's path and interface, in plain PyTorch (no triton).
 
-It is the backbone's ``RotaryEmbedding`` plus the original's options: the GPT-J/ChatGLM pair
-layout (``interleaved``) and a frequency ``shift``.
+It is the backbone's ``RotaryEmbedding`` (which also has the GPT-J/ChatGLM pair layout,
+``interleaved``) plus the original's frequency ``shift`` and argument names.
 """
 
 from __future__ import annotations
 
 import torch
 
-from sat.model.position_embedding.rotary import RotaryEmbedding, rotate_interleaved, rotate_with
+from sat.model.position_embedding.rotary import RotaryEmbedding
 
 
 class FastRotaryEmbedding(RotaryEmbedding):
@@ -35,8 +35,7 @@ class FastRotaryEmbedding(RotaryEmbedding):
         if not pos_idx_in_fp32:
             raise NotImplementedError("FastRotaryEmbedding takes positions in fp32 only (pos_idx_in_fp32=True)")
         self.shift = shift  # read by _inv_freq, which the base constructor calls
-        super().__init__(dim, base=base, device=device)
-        self.interleaved = interleaved
+        super().__init__(dim, base=base, device=device, interleaved=interleaved)
 
     def _inv_freq(self, device=None) -> torch.Tensor:
         exponents = torch.arange(self.shift, self.shift + self.dim, 2, dtype=torch.float32, device=device)
@@ -55,9 +54,4 @@ class FastRotaryEmbedding(RotaryEmbedding):
         Returns new tensors (the original rotated in place and returned its inputs);
         ``max_seqlen`` and ``layer_id`` are accepted for compatibility and not needed.
         """
-        cos, sin = self.cos_sin(position_id, q.dtype)  # [b, 1, s, dim]
-        if not self.interleaved:
-            return rotate_with(q, cos, sin), rotate_with(k, cos, sin)
-        half = self.dim // 2  # cos_sin holds each frequency twice; the pair layout takes it once
-        cos, sin = cos[..., :half], sin[..., :half]
-        return rotate_interleaved(q, cos, sin), rotate_interleaved(k, cos, sin)
+        return super().forward(q, k, position_id)
