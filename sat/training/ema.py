@@ -2,10 +2,10 @@
 checkpoint (the original's ``update_ema_parameters_to_model`` / ``restore_ema_parameters_back``).
 
 The average lives in the optimizer's state (``state[p]["shadow"]``). Without a DeepSpeed wrapper
-(a plain loop, or an fp32 engine without ZeRO) those ``p`` are the model's parameters. Under ZeRO
-stage 1/2 or the bf16 optimizer they are the fp32 master partitions: the wrapper's
-``update_lp_params`` copies masters into the model's (low-precision) weights and all-gathers
-them, so pointing the masters at the averages for that one call puts the average in the model.
+(a plain loop, or an fp32 engine without ZeRO) those ``p`` are the model's parameters. Under a
+wrapper (ZeRO stage 1/2, or fp16/bf16 without ZeRO) they are fp32 master copies, which the wrapper
+copies into the model's weights after each step; pointing the masters at the averages for one
+such copy puts the average in the model, and copying the untouched masters again takes it out.
 """
 
 from __future__ import annotations
@@ -37,12 +37,34 @@ def _ema(optimizer) -> FusedEmaAdam:
     ema = ema_optimizer_of(optimizer)
     if ema is None:
         raise ValueError(f"{type(optimizer).__name__} keeps no EMA weights: the optimizer must be sat.ops.FusedEmaAdam")
-    if ema is not optimizer and not hasattr(optimizer, "update_lp_params"):
+    if ema is not optimizer and not any(all(hasattr(optimizer, a) for a in names) for names in _MASTER_COPIES):
         raise ValueError(
-            f"EMA weights cannot be swapped into the model under {type(optimizer).__name__} (ZeRO stage 3): "
-            "use ZeRO stage 0, 1 or 2"
+            f"EMA weights cannot be swapped into the model under {type(optimizer).__name__} (ZeRO stage 3 "
+            "partitions them): use ZeRO stage 0, 1 or 2"
         )
     return ema
+
+
+# What each DeepSpeed wrapper copies its fp32 masters into the model's weights with.
+_MASTER_COPIES = (
+    ("update_lp_params",),  # ZeRO-1/2 and the bf16 optimizer: copy their partition, all-gather
+    ("fp32_groups", "fp16_groups"),  # fp16/bf16 without ZeRO: a master per weight
+    ("fp32_groups_flat", "fp16_groups_flat"),  # fused fp16: flat buffers the weights are views of
+)
+
+
+def _masters_to_model(wrapper) -> None:
+    if hasattr(wrapper, "update_lp_params"):
+        wrapper.update_lp_params()
+        return
+    if hasattr(wrapper, "fp32_groups") and hasattr(wrapper, "fp16_groups"):
+        pairs = [
+            pair for masters, weights in zip(wrapper.fp32_groups, wrapper.fp16_groups) for pair in zip(masters, weights)
+        ]
+    else:
+        pairs = list(zip(wrapper.fp32_groups_flat, wrapper.fp16_groups_flat))
+    for master, weight in pairs:
+        weight.data.copy_(master.data)
 
 
 def _masters(ema: FusedEmaAdam) -> list[torch.Tensor]:
@@ -61,7 +83,7 @@ def update_ema_parameters_to_model(optimizer) -> None:
     ema.store(masters)
     ema.copy_to()
     if ema is not optimizer:
-        optimizer.update_lp_params()  # masters (now the averages) -> model weights, gathered
+        _masters_to_model(optimizer)  # the masters, now the averages
         ema.restore(masters)
 
 
@@ -72,7 +94,7 @@ def restore_ema_parameters_back(optimizer) -> None:
     if ema is optimizer:
         ema.restore(_masters(ema))
     else:
-        optimizer.update_lp_params()  # the untouched masters -> model weights
+        _masters_to_model(optimizer)  # the untouched masters
 
 
 def save_ema_weights(iteration_dir: str, model: torch.nn.Module, optimizer, state: dict | None = None) -> None:

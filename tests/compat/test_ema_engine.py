@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 import torch
-
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, TESTS)
-from test_training import ARGV, launch  # noqa: E402
+from test_training import ARGV, launch
 
 CONFIG = {
     "train_micro_batch_size_per_gpu": 4,
