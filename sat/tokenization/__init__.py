@@ -9,10 +9,13 @@
 - a sentencepiece model file (``*.model``): ``SentencePieceTokenizer``;
 - a HuggingFace Hub name (``bert-base-uncased``, ``gpt2``, ``THUDM/chatglm2-6b``): its copy in the
   local HF cache, as ``transformers`` finds it offline;
-- ``icetk``: the ``icetk`` package, if installed.
+- ``icetk``: the ``icetk`` package, if installed;
+- ``glm_GPT2BPETokenizer``, ``glm_BertWordPieceTokenizer``, ``glm_ChineseSPTokenizer``: the GLM
+  tokenizers (``sat.tokenization.glm``) over the vocabulary ``args.tokenizer_model_type`` names,
+  with the block and task-mask tokens ``args.task_mask`` and ``args.block_mask_prob`` ask for.
 
 Anything else raises, naming what is missing: there is no download and no silent fallback to the
-fake tokenizer. The CogView and GLM-130B tokenizers are not included (the error says how to pass
+fake tokenizer. The CogView and GLM-130B icetk tokenizers are not included (the error says how to pass
 one with ``outer_tokenizer``). ``save_checkpoint`` records ``tokenizer_type`` in
 ``model_config.json`` (unless ``'fake'``): a tokenizer inside the checkpoint directory relative to
 it, so the checkpoint can move, any other local path absolute. ``update_args_with_file`` turns a
@@ -26,6 +29,7 @@ import os
 
 from sat.helpers import print_rank0
 from sat.tokenization.fake import FakeTokenizer
+from sat.tokenization.glm_types import glm_options, glm_tokenizer
 from sat.tokenization.hub import hub_tokenizer
 from sat.tokenization.sentencepiece_tokenizer import SentencePieceTokenizer
 
@@ -66,6 +70,8 @@ def get_tokenizer(args=None, *, tokenizer_type: str | None = None, outer_tokeniz
 def _key(tokenizer_type: str, args) -> tuple:
     if tokenizer_type.lower() == "fake":
         return ("fake", getattr(args, "vocab_size", None))
+    if tokenizer_type.startswith("glm_"):
+        return ("glm", tokenizer_type, *glm_options(args))
     if os.path.exists(tokenizer_type):
         return ("path", os.path.abspath(tokenizer_type))
     return ("name", tokenizer_type)
@@ -75,7 +81,8 @@ def _key(tokenizer_type: str, args) -> tuple:
 _NOT_INCLUDED = {
     "cogview": "the CogView tokenizer bundles a VQVAE image tokenizer (a checkpoint at args.img_tokenizer_path) "
     "and needs CUDA",
-    "icetk-glm-130B": "the GLM-130B icetk wrapper is not included",
+    "icetk-glm-130B": "the GLM-130B icetk wrapper is not included (it wraps the icetk package: pip install icetk, "
+    "which downloads its ice_text.model on first use)",
 }
 _OUTER = "build the tokenizer yourself and register it with get_tokenizer(outer_tokenizer=...)"
 
@@ -104,11 +111,7 @@ def _build(tokenizer_type: str, args):
             ) from None
         return icetk
     if tokenizer_type.startswith("glm_"):
-        raise ValueError(
-            f"tokenizer_type {tokenizer_type!r}: the GLM tokenizers are not included (the original's command "
-            "tokens sop/eop/ENC/MASK/gMASK over a GPT-2, WordPiece or Chinese sentencepiece vocabulary); "
-            f"{_OUTER}"
-        )
+        return glm_tokenizer(tokenizer_type, args)
     if os.path.exists(tokenizer_type):
         raise ValueError(
             f"tokenizer_type {tokenizer_type!r} is neither a transformers tokenizer folder nor a sentencepiece "

@@ -114,3 +114,35 @@ def test_tokenizer_by_hub_name_and_outer_tokenizer(tmp_path, monkeypatch):
     assert tokenizer.encode("the lazy dog") == [8, 5, 2] and get_tokenizer() is tokenizer
     outer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
     assert get_tokenizer(outer_tokenizer=outer) is outer and get_tokenizer() is outer
+
+
+def test_glm_inference_script_tokenizer_idiom(tmp_path, monkeypatch):
+    import argparse
+
+    from tiny_vocabs import cache_as_hub_repo, write_gpt2_vocab
+
+    from sat.model import GLMModel
+
+    # gpt2 as the HF cache holds it after `hf download gpt2` (a tiny hand-written vocabulary).
+    cache_as_hub_repo(tmp_path, "gpt2", write_gpt2_vocab)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    # examples/glm/inference_glm.py with config/model_glm_10B.sh's tokenizer flags.
+    argv = ["--mode", "inference", "--tokenizer-type", "glm_GPT2BPETokenizer", "--tokenizer-model-type", "gpt2"]
+    py_parser = argparse.ArgumentParser(add_help=False)
+    GLMModel.add_model_specific_args(py_parser)
+    known, args_list = py_parser.parse_known_args([*argv, "--task-mask"])
+    args = get_args(args_list)
+    args = argparse.Namespace(**vars(args), **vars(known))
+    tokenizer = get_tokenizer(args)
+
+    raw_text = "Hello world"
+    generation_mask = "[gMASK]" if args.task_mask else "[MASK]"
+    if "MASK]" not in raw_text:
+        raw_text += " " + generation_mask
+    seq = tokenizer.EncodeAsIds(raw_text).tokenization
+    seq = [tokenizer.get_command("ENC").Id] + seq
+    mask_tokens = [tokenizer.get_command(token).Id for token in ["MASK", "sMASK", "gMASK"]]
+    assert seq == [26, 17, 22, 30] and mask_tokens == [27, 31, 30]
+    output = seq + [tokenizer.get_command("sop").Id, 23, 9, tokenizer.get_command("eop").Id]
+    assert tokenizer.DecodeIds(output) == "[CLS] Hello world [gMASK] <|startofpiece|>  a! <|endofpiece|>"
