@@ -42,6 +42,21 @@ def build_hf(family: str, p: dict):
             attn_pdrop=0.0,
         )
         return GPT2LMHeadModel(config)
+    if family == "gpt_neo":
+        from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+        config = GPTNeoConfig(
+            num_layers=p["layers"],
+            hidden_size=p["hidden"],
+            num_heads=p["heads"],
+            vocab_size=p["vocab"],
+            max_position_embeddings=p["seq"],
+            attention_types=[[["global", "local"], p["layers"] // 2]],
+            window_size=p["seq"] // 4,  # shorter than the sequence: local layers do window
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        return GPTNeoForCausalLM(config)
     if family == "gptj":
         from transformers import GPTJConfig, GPTJForCausalLM
 

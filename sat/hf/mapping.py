@@ -62,6 +62,11 @@ def concat(sizes: Callable[[dict], Sequence[int]], name: str = "concat") -> Tran
     )
 
 
+def tied(count: int) -> Transform:
+    """One sat tensor saved under ``count`` tied HF names (an embedding that is also the head)."""
+    return Transform("tied", lambda ts, ctx: ts[0], lambda t, ctx: [t] * count)
+
+
 def _fill(template: str, layer: int | None) -> str:
     return template if layer is None else template.format(layer)
 

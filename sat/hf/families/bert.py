@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from sat.hf.family import Family, register_family
-from sat.hf.mapping import Transform, concat
+from sat.hf.mapping import concat, tied
 
 _LAYER = "transformer.layers.{}."
 # HF's separate query, key and value stack into sat's fused [Q; K; V].
 QKV = concat(lambda ctx: [ctx["hidden_size"]] * 3, "qkv")
 # One sat tensor saved under two tied HF names (the decoder bias is also the head's ``bias``).
-TIED = Transform("tied", lambda ts, ctx: ts[0], lambda t, ctx: [t, t])
+TIED = tied(2)
 # Buffers, and heads that a masked-LM checkpoint may carry besides its own (bert-base-uncased
 # ships the pooler and the next-sentence head; transformers drops them the same way).
 IGNORE_HF = (

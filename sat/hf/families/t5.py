@@ -14,16 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from sat.hf.family import Family, register_family
-from sat.hf.mapping import StateDictMap, Transform, concat
+from sat.hf.mapping import StateDictMap, concat, tied
 
 # transformers names all of these; T5 ties them to `shared` (the head only in v1.0).
 _EMBEDDING_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 _HEAD = "lm_head.weight"
-
-
-def tied(count: int) -> Transform:
-    """One sat tensor saved under ``count`` tied HF names."""
-    return Transform("tied", lambda ts, ctx: ts[0], lambda t, ctx: [t] * count)
 
 
 QKV = concat(lambda ctx: [ctx["inner"]] * 3, "qkv")

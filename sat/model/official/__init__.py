@@ -4,9 +4,20 @@ from sat.model.official.bert_model import BertModel
 from sat.model.official.glm_model import GLMModel
 from sat.model.official.gpt2_model import GPT2Model
 from sat.model.official.gptj_model import GPTJModel
+from sat.model.official.gptneo_model import GPTNeoModel
 from sat.model.official.llama_model import LLaMAModel
 from sat.model.official.roberta_model import RobertaModel
 from sat.model.official.t5_model import T5Model
 from sat.model.official.vit_model import ViTModel
 
-__all__ = ["BertModel", "GLMModel", "GPT2Model", "GPTJModel", "LLaMAModel", "RobertaModel", "T5Model", "ViTModel"]
+__all__ = [
+    "BertModel",
+    "GLMModel",
+    "GPT2Model",
+    "GPTJModel",
+    "GPTNeoModel",
+    "LLaMAModel",
+    "RobertaModel",
+    "T5Model",
+    "ViTModel",
+]
