@@ -84,6 +84,7 @@ class GLMModel(BaseModel):
             "--tokenizer-model-type",
             type=str,
             default=None,
-            help="sentencepiece model type (bpe, char, unigram, word) or BERT vocabulary name",
+            help="the glm_* tokenizers' vocabulary: gpt2, roberta, bert-large-uncased (or another cached Hub "
+            "name), glm-large / glm-10b (cog-pretrain.model), or a local folder or file (docs/tokenizers.md)",
         )
         return parser
