@@ -12,7 +12,8 @@ class GPT2BPETokenizer(Tokenizer):
     """``model_type_or_path``: ``'gpt2'`` or ``'roberta'`` (the original's names; read from the
     HF cache copies of ``gpt2`` / ``roberta-base``), another cached Hub name, or a folder with
     ``vocab.json`` and ``merges.txt``. A name starting with ``roberta`` maps the command tokens
-    onto RoBERTa's own ``<s>``, ``</s>``, ``<pad>``, ``<mask>`` and ``<unk>``."""
+    onto RoBERTa's own ``<s>``, ``</s>``, ``<pad>``, ``<mask>`` and ``<unk>``. ``cache_dir`` and
+    ``kwargs``: accepted as the original's were, unused."""
 
     def __init__(
         self,

@@ -17,7 +17,8 @@ class BertWordPieceTokenizer(Tokenizer):
     a ``vocab.txt`` or a folder holding one. Lower-cased unless the name contains ``-cased`` or
     ``chinese``. The command tokens ``[PAD]`` ``[CLS]`` ``[MASK]`` ``[UNK]`` ``[SEP]`` are the
     vocabulary's own; ``sop``, ``eop`` (and ``gMASK``, ``sMASK``, ``dBLOCK``, sentinel and
-    ``added_command_tokens``) follow it."""
+    ``added_command_tokens``) follow it. ``cache_dir`` and ``kwargs``: accepted as the original's
+    were, unused."""
 
     def __init__(
         self,
