@@ -86,6 +86,9 @@ class TransformerConfig:
     # the pair layout (channel 2i with 2i + 1) instead of halves (i with i + dim / 2).
     rotary_dim: int | None = _arch(None, in_args_default=False)
     rotary_interleaved: bool = _arch(False, in_args_default=False)
+    # Post-LN residual scale alpha (ChatGLM-6B, GLM-130B's DeepNorm use sqrt(2 L)): the post order
+    # adds alpha * ln(x) to each branch's output. A constructor keyword of those models, not saved.
+    residual_scale: float = _arch(1.0, saved="never", in_args_default=False, from_args=False)
 
     def __post_init__(self) -> None:
         if self.layernorm_order not in LAYERNORM_ORDERS:

@@ -29,6 +29,7 @@ class BaseTransformerLayer(HookedModule):
         self.is_decoder = config.is_decoder_layer(layer_id)
         self.layernorm_order = config.layernorm_order
         self.drop_path = config.drop_path
+        self.residual_scale = config.residual_scale
 
         def norm() -> torch.nn.Module:
             return build.norm(config.hidden_size, config.layernorm_epsilon)
@@ -54,7 +55,7 @@ class BaseTransformerLayer(HookedModule):
 
             pre:       x = x + attn(ln(x));            x = x + mlp(ln(x))
             sandwich:  x = x + ln(attn(ln(x)));        x = x + ln(mlp(ln(x)))
-            post:      y = ln(x); y = ln(y + attn(y)); out = y + mlp(y)
+            post:      y = ln(x); y = ln(a y + attn(y)); out = a y + mlp(y)   (a: residual_scale, 1)
             parallel:  y = ln(x); out = x + attn(y) + mlp(y)   (GPT-J; one norm, no decoder)
         """
         post = self.layernorm_order == "post"
@@ -64,7 +65,7 @@ class BaseTransformerLayer(HookedModule):
             mlp_output = self._branch(self.mlp(attention_input, **kw_args), "fourth_layernorm")
             return hidden_states + attention_output + mlp_output
         if post:
-            mlp_input = self.post_attention_layernorm(attention_input + attention_output)
+            mlp_input = self.post_attention_layernorm(self._scaled(attention_input) + attention_output)
         else:
             hidden_states = hidden_states + attention_output
 
@@ -78,7 +79,11 @@ class BaseTransformerLayer(HookedModule):
         if not post:
             mlp_input = self.post_attention_layernorm(hidden_states)
         mlp_output = self._branch(self.mlp(mlp_input, **kw_args), "fourth_layernorm")
-        return (mlp_input if post else hidden_states) + mlp_output
+        return (self._scaled(mlp_input) if post else hidden_states) + mlp_output
+
+    def _scaled(self, residual: torch.Tensor) -> torch.Tensor:
+        """The post order's residual times ``residual_scale`` (skipped at 1, the default)."""
+        return residual if self.residual_scale == 1.0 else residual * self.residual_scale
 
     def _branch(self, output: torch.Tensor, sandwich_norm: str) -> torch.Tensor:
         """A residual branch's output after its sandwich norm and stochastic depth."""

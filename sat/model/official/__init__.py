@@ -1,6 +1,8 @@
 """The model zoo: one small file per family, each registered for ``AutoModel``."""
 
 from sat.model.official.bert_model import BertModel
+from sat.model.official.chatglm_model import ChatGLMModel
+from sat.model.official.glm130B_model import GLM130B
 from sat.model.official.glm_model import GLMModel
 from sat.model.official.gpt2_model import GPT2Model
 from sat.model.official.gptj_model import GPTJModel
@@ -12,6 +14,8 @@ from sat.model.official.vit_model import ViTModel
 
 __all__ = [
     "BertModel",
+    "ChatGLMModel",
+    "GLM130B",
     "GLMModel",
     "GPT2Model",
     "GPTJModel",
