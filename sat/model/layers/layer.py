@@ -55,7 +55,7 @@ class BaseTransformerLayer(HookedModule):
 
             pre:       x = x + attn(ln(x));            x = x + mlp(ln(x))
             sandwich:  x = x + ln(attn(ln(x)));        x = x + ln(mlp(ln(x)))
-            post:      y = ln(x); y = ln(a y + attn(y)); out = a y + mlp(y)   (a: residual_scale, 1)
+            post:      y = ln(x); y = ln(a y + attn(y)); out = a y + mlp(y)   (a = residual_scale, default 1)
             parallel:  y = ln(x); out = x + attn(y) + mlp(y)   (GPT-J; one norm, no decoder)
         """
         post = self.layernorm_order == "post"
