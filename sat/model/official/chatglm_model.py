@@ -61,6 +61,10 @@ class ChatGLMLayerMixin(BaseMixin):
 
 
 class ChatGLMModel(BaseModel):
+    """ChatGLM-6B: tanh-GELU layers with the residual scale ``sqrt(2 num_layers)`` (post order),
+    no position embeddings, mixins ``chatglm-final``, ``chatglm-attn`` and ``chatglm-layer``;
+    ``args`` carry the bos, mask, gMASK and pad token ids."""
+
     def __init__(self, args, transformer=None, **kwargs):
         kwargs = {"activation_func": gelu, "residual_scale": (2 * args.num_layers) ** 0.5, **kwargs}
         super().__init__(args, transformer=transformer, **kwargs)

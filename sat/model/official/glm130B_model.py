@@ -152,6 +152,11 @@ class WordEmbedding(BaseMixin):
 
 
 class GLM130B(BaseModel):
+    """GLM-130B: post-LN layers with the residual scale ``sqrt(2 num_layers)`` (DeepNorm), a
+    GEGLU MLP unless ``--no-glu``, rotary positions (2-D with ``--position-encoding-2d``), the
+    tied head; the original's mixins ``glu-deepnorm``, ``fp32-softmax``, ``final-forward``,
+    ``non-position-embedding``, ``word-embedding`` and ``rotary-embedding``."""
+
     def __init__(self, args, transformer=None, **kwargs):
         glu = not getattr(args, "no_glu", False)
         inner = args.inner_hidden_size or (4 * args.hidden_size * 2 // 3 if glu else None)
