@@ -18,23 +18,30 @@ QKV = concat(lambda ctx: ctx["qkv_sizes"], name="qkv")
 
 
 def is_headless(config) -> bool:
-    """Whether ``config`` describes HF's headless ``LlamaModel`` (no architectures: the LM)."""
-    return (getattr(config, "architectures", None) or [_HEAD])[0] == _HEADLESS
+    """Whether ``config`` describes an HF base model (``LlamaModel``, ``Qwen2Model``...: a name
+    ending in ``Model`` without ``For``) rather than a causal LM (no architectures: the LM)."""
+    architecture = (getattr(config, "architectures", None) or [_HEAD])[0]
+    return architecture.endswith("Model") and "For" not in architecture
 
 
-def table(args) -> list[tuple]:
+def table(args, qkv_bias: bool = False) -> list[tuple]:
     """LlamaForCausalLM's rows (the base model under ``model.``), or the headless LlamaModel's
-    (no prefix, no head)."""
+    (no prefix, no head). ``qkv_bias``: the q/k/v projections have biases (Qwen2); the
+    other LLaMA-shaped families share these names."""
     base = "" if args.headless else "model."
     hf_layer = base + "layers.{}."
+    projections = ("weight", "bias") if qkv_bias else ("weight",)
     rows = [
         ("transformer.word_embeddings.weight", base + "embed_tokens.weight"),
         ("transformer.position_embeddings.inv_freq", None),  # computed from rotary_base; HF recomputes its own
         (_LAYER + "input_layernorm.weight", hf_layer + "input_layernorm.weight"),
-        (
-            _LAYER + "attention.query_key_value.weight",
-            tuple(hf_layer + f"self_attn.{name}_proj.weight" for name in "qkv"),
-            QKV,
+        *(
+            (
+                _LAYER + f"attention.query_key_value.{kind}",
+                tuple(hf_layer + f"self_attn.{name}_proj.{kind}" for name in "qkv"),
+                QKV,
+            )
+            for kind in projections
         ),
         (_LAYER + "attention.dense.weight", hf_layer + "self_attn.o_proj.weight"),
         (_LAYER + "post_attention_layernorm.weight", hf_layer + "post_attention_layernorm.weight"),
@@ -46,26 +53,27 @@ def table(args) -> list[tuple]:
     return rows if args.headless else [*rows, ("mixins.lm.lm_head.weight", "lm_head.weight")]
 
 
-def _rope_theta(config) -> float:
+def _rope_theta(config, name: str = "LLaMA") -> float:
     # transformers 5 keeps RoPE settings in rope_parameters; 4.x in rope_theta and rope_scaling.
     params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type != "default":
-        raise ValueError(f"LLaMA with rope scaling {rope_type!r} is not supported (plain RoPE only)")
+        raise ValueError(f"{name} with rope scaling {rope_type!r} is not supported (plain RoPE only)")
     if params.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError("LLaMA with partial_rotary_factor != 1 is not supported")
+        raise ValueError(f"{name} with partial_rotary_factor != 1 is not supported")
     return float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
 
 
-def config_to_args(config) -> dict:
+def config_to_args(config, name: str = "LLaMA") -> dict:
+    """The sat arguments of a LLaMA-shaped HF config; ``name`` is the family in error messages."""
     if config.hidden_act != "silu":
-        raise ValueError(f"LLaMA with hidden_act {config.hidden_act!r} is not supported (SwiGLU with silu only)")
+        raise ValueError(f"{name} with hidden_act {config.hidden_act!r} is not supported (SwiGLU with silu only)")
     # The backbone's gate projection has no bias, and use_bias would add biases to the MLP too.
     for flag in ("attention_bias", "mlp_bias"):
         if getattr(config, flag, False):
-            raise ValueError(f"LLaMA with {flag}=True is not supported (the backbone's gate projection has no bias)")
+            raise ValueError(f"{name} with {flag}=True is not supported (the backbone's gate projection has no bias)")
     if getattr(config, "pretraining_tp", 1) not in (None, 1):
-        raise ValueError(f"LLaMA with pretraining_tp={config.pretraining_tp} is not supported")
+        raise ValueError(f"{name} with pretraining_tp={config.pretraining_tp} is not supported")
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     pad = config.pad_token_id
@@ -79,7 +87,7 @@ def config_to_args(config) -> dict:
         max_sequence_length=config.max_position_embeddings,
         inner_hidden_size=config.intermediate_size,
         layernorm_epsilon=config.rms_norm_eps,
-        rotary_base=_rope_theta(config),
+        rotary_base=_rope_theta(config, name),
         use_bias=False,
         hidden_dropout=0.0,
         attention_dropout=config.attention_dropout,
@@ -93,14 +101,19 @@ def config_to_args(config) -> dict:
 def model_to_config(model):
     from transformers import LlamaConfig
 
+    return LlamaConfig(**config_fields(model, _HEAD, _HEADLESS))
+
+
+def config_fields(model, head_class: str, headless_class: str) -> dict:
+    """The HF config fields of a LLaMA-shaped sat ``model`` (one of the two classes named)."""
     t = model.transformer
     heads = t.num_attention_heads
     if "lm" in model.mixins:
-        lm_head = model.get_mixin("lm").lm_head.weight
-        head = dict(architectures=[_HEAD], tie_word_embeddings=bool(torch.equal(lm_head, t.word_embeddings.weight)))
+        tied = torch.equal(model.get_mixin("lm").lm_head.weight, t.word_embeddings.weight)
+        head = dict(architectures=[head_class], tie_word_embeddings=bool(tied))
     else:
-        head = dict(architectures=[_HEADLESS])
-    return LlamaConfig(
+        head = dict(architectures=[headless_class])
+    return dict(
         num_hidden_layers=t.num_layers,
         hidden_size=t.hidden_size,
         num_attention_heads=heads,
@@ -117,6 +130,13 @@ def model_to_config(model):
         pad_token_id=None if model.pad_token_id == -1 else model.pad_token_id,
         **head,
     )
+
+
+# Rotary buffers some checkpoints carry; sat recomputes them.
+IGNORE_HF = (
+    r"(model\.)?rotary_emb\.(original_)?inv_freq",
+    r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
+)
 
 
 def context(args) -> dict:
@@ -146,9 +166,6 @@ register_family(
         model_to_config=model_to_config,
         context=context,
         prepare_hf_state=prepare_hf_state,
-        ignore_hf=(
-            r"(model\.)?rotary_emb\.(original_)?inv_freq",
-            r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
-        ),
+        ignore_hf=IGNORE_HF,
     )
 )

@@ -8,6 +8,8 @@ from sat.model.official.gpt2_model import GPT2Model
 from sat.model.official.gptj_model import GPTJModel
 from sat.model.official.gptneo_model import GPTNeoModel
 from sat.model.official.llama_model import LLaMAModel
+from sat.model.official.mistral_model import MistralModel
+from sat.model.official.qwen2_model import Qwen2Model
 from sat.model.official.roberta_model import RobertaModel
 from sat.model.official.t5_model import T5Model
 from sat.model.official.vit_model import ViTModel
@@ -21,6 +23,8 @@ __all__ = [
     "GPTJModel",
     "GPTNeoModel",
     "LLaMAModel",
+    "MistralModel",
+    "Qwen2Model",
     "RobertaModel",
     "T5Model",
     "ViTModel",
