@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
 from finetune_cases import MIXINS, tiny_model, train
-from model_checks import check_hf_round_trip, check_left_padded_batch, check_sat_model, check_unmatched_keys
+from model_checks import (
+    assert_recorded,
+    check_hf_round_trip,
+    check_left_padded_batch,
+    check_sat_model,
+    check_unmatched_keys,
+    check_written_here_loads_in_original,
+)
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 from transformers import GPTNeoModel as HFGPTNeoModel
 
@@ -16,6 +26,10 @@ from sat.model.cached_autoregressive_model import CachedAutoregressiveMixin, KVC
 from sat.model.finetune import freeze_all_but
 from sat.model.official import GPTNeoModel
 from sat.model.official.gptneo_model import expand_attention_types
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "original_sat")
+sys.path.insert(0, FIXTURES)
+from make_gpt_neo_fixtures import gpt_neo_inputs, gpt_neo_logits  # noqa: E402
 
 WINDOW = 4  # the sequences below are longer: local layers must not see the whole past
 IDS = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -171,6 +185,23 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
     check_sat_model(model, args, sat_logits, tmp_path)
     loaded, loaded_args = AutoModel.from_pretrained(args.save)
     assert (loaded_args.attention_types, loaded_args.window_size) == ("local,global", "3")
+
+
+def test_checkpoint_of_the_original_loads_with_identical_outputs():
+    """Written by the original 0.4.12 (attention types a list, window 3 over 8 tokens)."""
+    folder = os.path.join(FIXTURES, "written_by_original", "gpt_neo")
+    model, _ = AutoModel.from_pretrained(folder)
+    assert isinstance(model, GPTNeoModel) and list(model.mixins) == ["gpt-type", "gpt-attn"]
+    assert model.get_mixin("gpt-attn").attention_types == ["global", "local"]
+    outputs = gpt_neo_logits(model)
+    assert_recorded(outputs, os.path.join(folder, "logits_by_original.pt"))
+    input_ids, position_ids = gpt_neo_inputs()
+    with torch.no_grad():  # the causal mask the original could not take gives the same logits
+        assert (model(input_ids, position_ids, -1)[0] - outputs["no_mask"]).abs().max() < 1e-6
+
+
+def test_checkpoint_written_here_loads_in_original(tmp_path):
+    check_written_here_loads_in_original(os.path.join(FIXTURES, "written_by_ours", "gpt_neo"), gpt_neo_logits, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["lora", "prefix"])
