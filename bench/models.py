@@ -1,6 +1,6 @@
 """Forward and training-step speed: sat vs transformers on identical weights.
 
-    python bench/models.py [--families gpt2 gptj llama] [--presets small medium] [--device cuda]
+    python bench/models.py [--families gpt2 gptj gpt_neo llama] [--presets small medium] [--device cuda]
 
 For each family and preset a random ``transformers`` model is built from its config class and
 translated with ``sat.hf.from_hf``; both run the same inputs, interleaved, and the table gives
