@@ -85,8 +85,9 @@ def sat_to_hf_state_dict(model: torch.nn.Module, config=None) -> dict[str, torch
     """Translate a sat model's state dict to ``transformers`` names and layouts."""
     family = family_for_sat_model(model)
     # The HF config carries every size the map needs, so both directions share _sat_args.
-    args = _sat_args(family, config if config is not None else family.model_to_config(model))
-    return family.state_map(args).sat_to_hf(model.state_dict(), family.context(args))
+    config = config if config is not None else family.model_to_config(model)
+    args = _sat_args(family, config)
+    return family.finish_hf_state(family.state_map(args).sat_to_hf(model.state_dict(), family.context(args)), config)
 
 
 def from_hf(source, **overrides) -> tuple[torch.nn.Module, argparse.Namespace]:

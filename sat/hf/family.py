@@ -30,7 +30,9 @@ class Family:
         context: sat model arguments -> sizes the map's transforms need.
         num_layers: how many times ``{}`` entries repeat.
         prepare_hf_state: fixes an HF state dict before mapping (add a base-model prefix, fill a
-            tied output embedding that was not saved).
+            tied output embedding that was not saved, split stacked expert weights).
+        finish_hf_state: the other way, fixes the mapped HF state dict into the layout the
+            installed ``transformers`` class loads (stack per-expert weights).
         ignore_hf: regexes of HF keys to drop (buffers).
     """
 
@@ -44,6 +46,7 @@ class Family:
     context: Callable[[object], dict] = lambda args: {}
     num_layers: Callable[[object], int] = lambda args: args.num_layers
     prepare_hf_state: Callable[[dict, object], dict] = lambda state, config: state
+    finish_hf_state: Callable[[dict, object], dict] = lambda state, config: state
     ignore_hf: tuple[str, ...] = field(default=())
 
     def state_map(self, args) -> StateDictMap:

@@ -9,6 +9,7 @@ from sat.model.official.gptj_model import GPTJModel
 from sat.model.official.gptneo_model import GPTNeoModel
 from sat.model.official.llama_model import LLaMAModel
 from sat.model.official.mistral_model import MistralModel
+from sat.model.official.mixtral_model import MixtralModel
 from sat.model.official.qwen2_model import Qwen2Model
 from sat.model.official.roberta_model import RobertaModel
 from sat.model.official.t5_model import T5Model
@@ -24,6 +25,7 @@ __all__ = [
     "GPTNeoModel",
     "LLaMAModel",
     "MistralModel",
+    "MixtralModel",
     "Qwen2Model",
     "RobertaModel",
     "T5Model",
