@@ -7,7 +7,8 @@ import sys
 
 import pytest
 import torch
-from finetune_cases import MIXINS, tiny_model, train
+from finetune_cases import tiny_model
+from lm_checks import check_finetuning_reduces_the_loss, check_greedy_generation
 from model_checks import (
     assert_recorded,
     check_hf_round_trip,
@@ -19,11 +20,10 @@ from model_checks import (
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 from transformers import GPTNeoModel as HFGPTNeoModel
 
-from sat.generation import BaseStrategy, batch_filling_sequence, filling_sequence
+from sat.generation import BaseStrategy, batch_filling_sequence
 from sat.hf import from_hf, to_hf
 from sat.model import AutoModel
 from sat.model.cached_autoregressive_model import CachedAutoregressiveMixin, KVCache
-from sat.model.finetune import freeze_all_but
 from sat.model.official import GPTNeoModel
 from sat.model.official.gptneo_model import expand_attention_types
 
@@ -139,21 +139,8 @@ def test_cached_decoding_equals_full_forward_past_the_window():
 
 def test_greedy_generation_cached_equals_uncached_and_transformers():
     hf = hf_model()
-    model = cached_model(hf)
-    prompt, new = IDS[0, :8], 32  # 40 positions, ten times the window
-    tokens = prompt[None]
-    with torch.no_grad():
-        for _ in range(new):  # uncached: the whole sequence every step, no mems
-            positions = torch.arange(tokens.shape[1])[None]
-            tokens = torch.cat((tokens, sat_logits_of(model, tokens, positions).argmax(-1, keepdim=True)), dim=1)
-        expected = hf.generate(prompt[None], max_new_tokens=new, min_new_tokens=new, do_sample=False)
-    cached, _ = filling_sequence(model, torch.cat((prompt, torch.full((new,), -1))), 1, BaseStrategy(top_k=1))
-    assert cached.shape == (1, 40) and len(set(cached[0, 8:].tolist())) > 3  # not one repeated token
-    assert torch.equal(cached, tokens) and torch.equal(cached, expected)
-
-
-def sat_logits_of(model, tokens, positions):
-    return model(tokens, positions, -1)[0][:, -1]  # [b, vocab] at the last position
+    tokens = check_greedy_generation(hf, cached_model(hf), IDS[0, :8], 32)  # 40 positions, ten windows
+    assert tokens.shape == (1, 40)
 
 
 def test_batched_prompts_equal_transformers_per_prompt():
@@ -207,12 +194,8 @@ def test_checkpoint_written_here_loads_in_original(tmp_path):
 @pytest.mark.parametrize("name", ["lora", "prefix"])
 def test_finetuning_mixins_reduce_the_loss(name):
     model, _ = tiny_model(GPTNeoModel, dict(attention_types="global,local", window_size="4"))
-    build, reinit, trainable, lr = MIXINS[name]
-    model.add_mixin(name, build("gpt_neo"), reinit=reinit)
-    freeze_all_but(model, trainable)
-    losses = train(model, "gpt_neo", lr=lr)
+    losses = check_finetuning_reduces_the_loss(model, name, family="gpt_neo")  # 12 tokens: past the window
     print(f"gpt_neo {name}: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
-    assert losses[-1] < losses[0] - 0.05
 
 
 @pytest.mark.parametrize(
