@@ -62,7 +62,9 @@ class GPTNeoTypeMixin(BaseMixin):
     embedded with the word embeddings and added, as in GPT-Neo."""
 
     @BaseMixin.non_conflict
-    def word_embedding_forward(self, input_ids, output_cross_layer, old_impl, token_type_ids=None, **kw_args):
+    def word_embedding_forward(
+        self, input_ids, output_cross_layer, old_impl, token_type_ids=None, **kw_args
+    ) -> torch.Tensor:
         embeddings = old_impl(input_ids, output_cross_layer=output_cross_layer, **kw_args)  # [b, s, h]
         if token_type_ids is None:
             return embeddings
@@ -103,7 +105,7 @@ class GPTNeoAttentionMixin(BaseMixin):
         cross_attention=False,
         sliding_window=0,  # a backbone window: this layer's type decides instead
         **kw_args,
-    ):
+    ) -> torch.Tensor:
         if cross_attention:  # GPT-Neo has none; a decoder built from it keeps the default's
             return old_impl(q, k, v, mask, dropout_fn, cross_attention=True, **kw_args)
         sq, sk = q.shape[2], k.shape[2]
@@ -125,6 +127,9 @@ class GPTNeoAttentionMixin(BaseMixin):
 
 
 class GPTNeoModel(BaseModel):
+    """GPT-Neo (EleutherAI): the backbone with the ``gpt-type`` and ``gpt-attn`` mixins, built
+    from ``--attention-types`` and ``--window-size``; see the module docstring for the head."""
+
     def __init__(self, args, transformer=None, **kwargs):
         super().__init__(args, transformer=transformer, **kwargs)
         types = expand_attention_types(getattr(args, "attention_types", None), args.num_layers)
