@@ -20,10 +20,12 @@ from model_checks import (
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 from transformers import GPTNeoModel as HFGPTNeoModel
 
+import sat.model
 from sat.generation import BaseStrategy, batch_filling_sequence
 from sat.hf import from_hf, to_hf
-from sat.model import AutoModel
+from sat.model import AutoModel, get_model_class
 from sat.model.cached_autoregressive_model import CachedAutoregressiveMixin, KVCache
+from sat.model.finetune import PrefixTuningMixin
 from sat.model.official import GPTNeoModel
 from sat.model.official.gptneo_model import expand_attention_types
 
@@ -126,8 +128,12 @@ def cached_model(hf) -> torch.nn.Module:
     return model
 
 
-def test_cached_decoding_equals_full_forward_past_the_window():
-    model = cached_model(hf_model())
+@pytest.mark.parametrize("prefix", [False, True])
+def test_cached_decoding_equals_full_forward_past_the_window(prefix):
+    model, _ = from_hf(hf_model())
+    if prefix:  # the prefix counts as the earliest keys in both runs (the original's window)
+        model.add_mixin("prefix", PrefixTuningMixin(2, 8, 4, 2))
+    model.add_mixin("auto-regressive", CachedAutoregressiveMixin())
     cache = KVCache(num_layers=2)
     with torch.no_grad():
         full = sat_logits(model)
@@ -167,6 +173,7 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
         window_size="3",
     )
     model = GPTNeoModel(args)
+    assert sat.model.GPTNeoModel is GPTNeoModel and get_model_class("GPTNeoModel") is GPTNeoModel
     assert list(model.mixins) == ["gpt-type", "gpt-attn"]  # tied head: the word embeddings
     assert model.get_mixin("gpt-attn").attention_types == ["local", "global"]
     check_sat_model(model, args, sat_logits, tmp_path)
