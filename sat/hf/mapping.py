@@ -3,7 +3,9 @@
 A family's map is a list of entries ``(sat_key, hf_keys, transform)``:
 
 - ``sat_key``: a sat parameter name, ``{}`` standing for the layer index; ``None`` means the HF
-  keys have no sat counterpart and are dropped (buffers such as cached masks).
+  keys have no sat counterpart and are dropped (buffers such as cached masks). A tuple of names
+  means one HF tensor makes several sat tensors (a fused ``gate_up_proj`` -> the gate and the
+  up projection, ``split``): the transform then returns, and takes back, one tensor per name.
 - ``hf_keys``: one HF name or a tuple of names (several HF tensors make one sat tensor, e.g.
   ``q_proj``/``k_proj``/``v_proj`` -> ``query_key_value``); ``None`` means the sat key has no HF
   counterpart (a buffer sat recomputes, such as rotary ``inv_freq``).
@@ -67,15 +69,39 @@ def tied(count: int) -> Transform:
     return Transform("tied", lambda ts, ctx: ts[0], lambda t, ctx: [t] * count)
 
 
+def split(sizes: Callable[[dict], Sequence[int]], name: str = "split") -> Transform:
+    """One HF tensor cut along dim 0 into several sat tensors of lengths ``sizes(ctx)`` (views,
+    no copy); concatenated on the way back. For an entry whose sat side is a tuple of names."""
+    return Transform(
+        name,
+        lambda ts, ctx: list(torch.split(ts[0], list(sizes(ctx)), dim=0)),
+        lambda ts, ctx: [torch.cat(ts, dim=0)],
+    )
+
+
 def _fill(template: str, layer: int | None) -> str:
     return template if layer is None else template.format(layer)
 
 
+def _fill_sat(sat: str | tuple[str, ...], layer: int | None) -> str | tuple[str, ...]:
+    return tuple(_fill(key, layer) for key in sat) if isinstance(sat, tuple) else _fill(sat, layer)
+
+
 @dataclass(frozen=True)
 class Entry:
-    sat: str | None
+    sat: str | tuple[str, ...] | None
     hf: tuple[str, ...] | None
     transform: Transform = IDENTITY
+
+    @property
+    def sat_keys(self) -> tuple[str, ...]:
+        """The sat names of the entry (several for a ``split``)."""
+        return () if self.sat is None else (self.sat if isinstance(self.sat, tuple) else (self.sat,))
+
+    @property
+    def fans_out(self) -> bool:
+        """Whether one HF tensor makes several sat tensors."""
+        return isinstance(self.sat, tuple)
 
 
 @dataclass
@@ -92,11 +118,12 @@ class StateDictMap:
             sat, hf, transform = (tuple(row) + (None,))[:3]
             hf = (hf,) if isinstance(hf, str) else (tuple(hf) if hf is not None else None)
             transform = transform or IDENTITY
-            templated = (sat is not None and "{}" in sat) or (hf is not None and any("{}" in k for k in hf))
+            sat_keys = (sat,) if isinstance(sat, str) else (sat or ())
+            templated = any("{}" in k for k in sat_keys) or (hf is not None and any("{}" in k for k in hf))
             for layer in range(num_layers) if templated else [None]:
                 entries.append(
                     Entry(
-                        _fill(sat, layer) if sat is not None else None,
+                        _fill_sat(sat, layer) if sat is not None else None,
                         tuple(_fill(k, layer) for k in hf) if hf is not None else None,
                         transform,
                     )
@@ -106,7 +133,7 @@ class StateDictMap:
     @property
     def sat_only(self) -> set[str]:
         """sat keys the map declares without an HF counterpart: the model keeps them as built."""
-        return {entry.sat for entry in self.entries if entry.hf is None and entry.sat is not None}
+        return {key for entry in self.entries if entry.hf is None for key in entry.sat_keys}
 
     def _ignored(self, key: str) -> bool:
         return any(re.fullmatch(pattern, key) for pattern in self.ignore_hf)
@@ -123,7 +150,8 @@ class StateDictMap:
             missing = [key for key in entry.hf if key not in hf_state]
             if missing:
                 raise MappingError(f"the transformers state dict lacks {missing} (needed for sat key {entry.sat!r})")
-            sat_state[entry.sat] = entry.transform.to_sat([hf_state[key] for key in entry.hf], ctx)
+            value = entry.transform.to_sat([hf_state[key] for key in entry.hf], ctx)
+            sat_state.update(zip(entry.sat_keys, value if entry.fans_out else [value]))
             used.update(entry.hf)
         unmatched = [key for key in hf_state if key not in used and not self._ignored(key)]
         if unmatched:
@@ -136,12 +164,14 @@ class StateDictMap:
         for entry in self.entries:
             if entry.sat is None:
                 continue
-            used.add(entry.sat)
+            used.update(entry.sat_keys)
             if entry.hf is None:
                 continue
-            if entry.sat not in sat_state:
-                raise MappingError(f"the sat state dict lacks {entry.sat!r} (needed for {list(entry.hf)})")
-            for key, tensor in zip(entry.hf, entry.transform.to_hf(sat_state[entry.sat], ctx)):
+            for key in entry.sat_keys:
+                if key not in sat_state:
+                    raise MappingError(f"the sat state dict lacks {key!r} (needed for {list(entry.hf)})")
+            tensors = [sat_state[key] for key in entry.sat_keys]
+            for key, tensor in zip(entry.hf, entry.transform.to_hf(tensors if entry.fans_out else tensors[0], ctx)):
                 hf_state[key] = tensor
         unmatched = [key for key in sat_state if key not in used]
         if unmatched:

@@ -64,19 +64,12 @@ def _rope_theta(config, name: str = "LLaMA") -> float:
     return float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
 
 
-def config_to_args(config, name: str = "LLaMA") -> dict:
-    """The sat arguments of a LLaMA-shaped HF config; ``name`` is the family in error messages."""
-    if config.hidden_act != "silu":
-        raise ValueError(f"{name} with hidden_act {config.hidden_act!r} is not supported (SwiGLU with silu only)")
-    # The backbone's gate projection has no bias, and use_bias would add biases to the MLP too.
-    for flag in ("attention_bias", "mlp_bias"):
-        if getattr(config, flag, False):
-            raise ValueError(f"{name} with {flag}=True is not supported (the backbone's gate projection has no bias)")
-    if getattr(config, "pretraining_tp", 1) not in (None, 1):
-        raise ValueError(f"{name} with pretraining_tp={config.pretraining_tp} is not supported")
+def decoder_sizes(config) -> dict:
+    """The backbone sizes of a LLaMA-shaped HF config (also GLM's): layers, widths, query and
+    key/value heads (0: as many as the queries), head size (None: hidden / heads), vocabulary,
+    positions and the RMSNorm epsilon."""
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    pad = config.pad_token_id
     return dict(
         num_layers=config.num_hidden_layers,
         hidden_size=config.hidden_size,
@@ -87,6 +80,22 @@ def config_to_args(config, name: str = "LLaMA") -> dict:
         max_sequence_length=config.max_position_embeddings,
         inner_hidden_size=config.intermediate_size,
         layernorm_epsilon=config.rms_norm_eps,
+    )
+
+
+def config_to_args(config, name: str = "LLaMA") -> dict:
+    """The sat arguments of a LLaMA-shaped HF config; ``name`` is the family in error messages."""
+    if config.hidden_act != "silu":
+        raise ValueError(f"{name} with hidden_act {config.hidden_act!r} is not supported (SwiGLU with silu only)")
+    # The backbone's gate projection has no bias, and use_bias would add biases to the MLP too.
+    for flag in ("attention_bias", "mlp_bias"):
+        if getattr(config, flag, False):
+            raise ValueError(f"{name} with {flag}=True is not supported (the backbone's gate projection has no bias)")
+    if getattr(config, "pretraining_tp", 1) not in (None, 1):
+        raise ValueError(f"{name} with pretraining_tp={config.pretraining_tp} is not supported")
+    pad = config.pad_token_id
+    return dict(
+        **decoder_sizes(config),
         rotary_base=_rope_theta(config, name),
         use_bias=False,
         hidden_dropout=0.0,
@@ -104,25 +113,32 @@ def model_to_config(model):
     return LlamaConfig(**config_fields(model, _HEAD, _HEADLESS))
 
 
+def decoder_config_sizes(transformer) -> dict:
+    """``decoder_sizes`` the other way: the HF config's size fields of a sat backbone."""
+    heads = transformer.num_attention_heads
+    return dict(
+        num_hidden_layers=transformer.num_layers,
+        hidden_size=transformer.hidden_size,
+        num_attention_heads=heads,
+        num_key_value_heads=transformer.num_multi_query_heads or heads,
+        head_dim=transformer.hidden_size_per_attention_head or transformer.hidden_size // heads,
+        vocab_size=transformer.vocab_size,
+        max_position_embeddings=transformer.max_sequence_length,
+        intermediate_size=transformer.inner_hidden_size or 4 * transformer.hidden_size,
+        rms_norm_eps=transformer.layernorm_epsilon,
+    )
+
+
 def config_fields(model, head_class: str, headless_class: str) -> dict:
     """The HF config fields of a LLaMA-shaped sat ``model`` (one of the two classes named)."""
     t = model.transformer
-    heads = t.num_attention_heads
     if "lm" in model.mixins:
         tied = torch.equal(model.get_mixin("lm").lm_head.weight, t.word_embeddings.weight)
         head = dict(architectures=[head_class], tie_word_embeddings=bool(tied))
     else:
         head = dict(architectures=[headless_class])
     return dict(
-        num_hidden_layers=t.num_layers,
-        hidden_size=t.hidden_size,
-        num_attention_heads=heads,
-        num_key_value_heads=t.num_multi_query_heads or heads,
-        head_dim=t.hidden_size_per_attention_head or t.hidden_size // heads,
-        vocab_size=t.vocab_size,
-        max_position_embeddings=t.max_sequence_length,
-        intermediate_size=t.inner_hidden_size or 4 * t.hidden_size,
-        rms_norm_eps=t.layernorm_epsilon,
+        **decoder_config_sizes(t),
         rope_theta=t.rotary_base,
         attention_dropout=t.layers[0].attention.attention_dropout.p,
         bos_token_id=model.bos_token_id,
