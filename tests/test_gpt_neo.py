@@ -22,7 +22,7 @@ from transformers import GPTNeoModel as HFGPTNeoModel
 
 import sat.model
 from sat.generation import BaseStrategy, batch_filling_sequence
-from sat.hf import from_hf, to_hf
+from sat.hf import from_hf, hf_to_sat_state_dict, to_hf
 from sat.model import AutoModel, get_model_class
 from sat.model.cached_autoregressive_model import CachedAutoregressiveMixin, KVCache
 from sat.model.finetune import PrefixTuningMixin
@@ -120,6 +120,19 @@ def test_headless_source_and_directory(tmp_path):
         assert (sat_logits(model) - hidden).abs().max() < 1e-5  # no head: hidden states
         back = to_hf(model)
         assert type(back) is HFGPTNeoModel and (back(IDS).last_hidden_state - hidden).abs().max() < 1e-5
+
+
+def test_directory_loads_and_old_mask_buffers_are_dropped(tmp_path):
+    hf = hf_model()
+    hf.save_pretrained(tmp_path)  # the tied lm_head is not saved
+    model, _ = AutoModel.from_pretrained(str(tmp_path))
+    with torch.no_grad():
+        assert (sat_logits(model) - hf_logits(hf)).abs().max() < 1e-5
+    state = hf.state_dict()  # as older transformers versions saved it: with the masks
+    state["transformer.h.1.attn.attention.bias"] = torch.ones(1, 1, 64, 64, dtype=torch.bool)
+    state["transformer.h.1.attn.attention.masked_bias"] = torch.tensor(-1e9)
+    converted = hf_to_sat_state_dict(state, hf.config)
+    assert all(torch.equal(converted[key], value) for key, value in model.state_dict().items())
 
 
 def cached_model(hf) -> torch.nn.Module:
