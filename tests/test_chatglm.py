@@ -21,7 +21,7 @@ from lm_checks import check_finetuning_reduces_the_loss
 from model_checks import assert_recorded, check_sat_model, check_written_here_loads_in_original
 
 from sat.generation import BaseStrategy, filling_sequence
-from sat.model import AutoModel
+from sat.model import AutoModel, get_model_class
 from sat.model.cached_autoregressive_model import CachedAutoregressiveMixin, KVCache
 from sat.model.official import ChatGLMModel
 from sat.model.official.glm_model import get_masks_and_position_ids_glm
@@ -55,6 +55,9 @@ def test_checkpoint_written_here_loads_in_original(tmp_path):
 
 
 def test_structure_names_and_arguments():
+    import sat.model  # the original imported the zoo from here
+
+    assert sat.model.ChatGLMModel is ChatGLMModel and get_model_class("ChatGLMModel") is ChatGLMModel
     model, args = tiny()
     assert list(model.mixins) == ["chatglm-final", "chatglm-attn", "chatglm-layer"]
     assert model.get_mixin("chatglm-layer").alpha == model.transformer.residual_scale == 2.0  # sqrt(2 * 2)

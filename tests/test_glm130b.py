@@ -24,7 +24,7 @@ from lm_checks import check_batched_prompts, check_finetuning_reduces_the_loss, 
 from model_checks import assert_recorded, check_sat_model, check_written_here_loads_in_original
 
 from sat.generation import BaseStrategy, filling_sequence
-from sat.model import AutoModel
+from sat.model import AutoModel, get_model_class
 from sat.model.official import GLM130B
 from sat.model.official.glm130B_model import GEGLU
 from sat.model.official.glm_model import get_masks_and_position_ids_glm
@@ -64,6 +64,9 @@ def test_checkpoint_written_here_loads_in_original(tmp_path):
 
 
 def test_structure_names_and_arguments():
+    import sat.model  # the original imported the zoo from here
+
+    assert sat.model.GLM130B is GLM130B and get_model_class("GLM130B") is GLM130B
     model, args = tiny()
     assert list(model.mixins) == [
         "glu-deepnorm",
