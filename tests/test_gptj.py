@@ -6,26 +6,30 @@ from __future__ import annotations
 
 import pytest
 import torch
-from finetune_cases import MIXINS, tiny_model, train
+from finetune_cases import VOCAB, tiny_model
+from lm_checks import (
+    IDS,
+    check_batched_prompts,
+    check_finetuning_reduces_the_loss,
+    check_greedy_generation,
+    hf_logits,
+    sat_logits,
+)
 from model_checks import check_hf_round_trip, check_left_padded_batch, check_sat_model, check_unmatched_keys
+from safetensors import safe_open
 from transformers import GPTJConfig, GPTJForCausalLM
 from transformers import GPTJModel as HFGPTJModel
 
-from sat.generation import BaseStrategy, batch_filling_sequence, filling_sequence
 from sat.hf import from_hf, to_hf
 from sat.model import AutoModel
-from sat.model.finetune import freeze_all_but
-from sat.model.mixins import CachedAutoregressiveMixin
 from sat.model.official import GPTJModel
 
-IDS = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
-POSITIONS = torch.arange(12).expand(2, 12)
 EOS = 1
 
 
 def hf_config(**overrides) -> GPTJConfig:
     values = dict(
-        n_layer=2, n_embd=32, n_head=4, rotary_dim=4, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=EOS
+        n_layer=2, n_embd=32, n_head=4, rotary_dim=4, vocab_size=VOCAB, n_positions=64, bos_token_id=0, eos_token_id=EOS
     )
     return GPTJConfig(**{**values, **overrides})
 
@@ -39,14 +43,6 @@ def random_hf(model_cls=GPTJForCausalLM, seed: int = 0, **overrides):
         for param in hf.parameters():
             param.mul_(4.0 if param.dim() > 1 else 1.0).add_(torch.randn_like(param), alpha=0.1)
     return hf
-
-
-def sat_logits(model):
-    return model(IDS, POSITIONS, -1)[0]
-
-
-def hf_logits(hf):
-    return hf(IDS).logits
 
 
 @pytest.mark.parametrize(
@@ -71,10 +67,24 @@ def test_translated_configuration_is_gptj():
     assert not hasattr(layer, "post_attention_layernorm")  # one norm per layer
     assert layer.attention.query_key_value.bias is None and layer.attention.dense.bias is None
     assert layer.mlp.dense_h_to_4h.bias.shape == (128,) and layer.mlp.dense_4h_to_h.bias.shape == (32,)
-    assert model.get_mixin("lm").lm_head.bias.shape == (100,)
+    assert model.get_mixin("lm").lm_head.bias.shape == (VOCAB,)
     assert t.position_embeddings.inv_freq.shape == (2,)  # 4 rotated channels: 2 frequencies
     back = to_hf(model).config
     assert (back.rotary_dim, back.bos_token_id, back.eos_token_id, back.pad_token_id) == (4, 0, EOS, None)
+
+
+def test_tied_directory_without_lm_head_loads_through_automodel(tmp_path):
+    hf = random_hf(tie_word_embeddings=True)
+    hf.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in f.keys() and "lm_head.bias" in f.keys()
+    model, _ = AutoModel.from_pretrained(str(tmp_path))
+    assert isinstance(model, GPTJModel)
+    head = model.get_mixin("lm").lm_head.weight
+    embedding = model.transformer.word_embeddings.weight
+    assert torch.equal(head, embedding) and head.data_ptr() != embedding.data_ptr()  # equal, not aliased
+    with torch.no_grad():
+        assert (sat_logits(model) - hf_logits(hf)).abs().max() < 1e-5
 
 
 def test_headless_gptj(tmp_path):
@@ -92,44 +102,12 @@ def test_left_padded_batch_matches_transformers():
     assert check_left_padded_batch(random_hf(), IDS) < 1e-5
 
 
-@pytest.fixture(scope="module")
-def pair():
-    """A tiny random GPT-J and its sat copy with the KV cache."""
-    hf = random_hf(seed=1)
+def test_cached_greedy_equals_uncached_and_transformers():
+    hf = random_hf()
     model, _ = from_hf(hf)
-    model.add_mixin("auto-regressive", CachedAutoregressiveMixin())
-    return hf, model
-
-
-def _uncached_greedy(model, prompt: torch.Tensor, steps: int) -> torch.Tensor:
-    tokens = prompt[None]  # [1, s]
-    with torch.no_grad():
-        for _ in range(steps):
-            logits = model(tokens, torch.arange(tokens.shape[1])[None], -1)[0][:, -1]  # [1, vocab]
-            tokens = torch.cat((tokens, logits.argmax(-1, keepdim=True)), dim=1)
-    return tokens
-
-
-def _hf_greedy(hf, prompt: torch.Tensor, steps: int) -> torch.Tensor:
-    return hf.generate(prompt[None], do_sample=False, max_new_tokens=steps, min_new_tokens=steps, pad_token_id=EOS)
-
-
-def test_cached_greedy_equals_uncached_and_transformers(pair):
-    hf, model = pair
-    prompt = torch.tensor([3, 17, 42, 99, 7, 61])
-    tokens, mems = filling_sequence(model, torch.cat((prompt, torch.full((32,), -1))), 1, BaseStrategy(top_k=1))
-    assert tokens.shape == (1, 38) and mems.length == 37
-    assert torch.equal(tokens, _uncached_greedy(model, prompt, 32))
-    assert torch.equal(tokens, _hf_greedy(hf, prompt, 32))
-    assert len(set(tokens[0, 6:].tolist())) > 5  # a varied continuation, not one token
-
-
-def test_batched_prompts_equal_transformers_per_prompt(pair):
-    hf, model = pair
-    prompts = [[3, 17, 42], [9, 8, 7, 6, 4, 3, 2], [11]]
-    results = batch_filling_sequence(model, prompts, 12, BaseStrategy(top_k=1))
-    for prompt, result in zip(prompts, results):
-        assert torch.equal(result, _hf_greedy(hf, torch.tensor(prompt), 12)[0]), prompt
+    tokens = check_greedy_generation(hf, model, torch.tensor([3, 17, 42, 95, 7, 61]), 32)
+    assert tokens.shape == (1, 38)
+    check_batched_prompts(model, [[3, 17, 42], [9, 8, 7, 6, 4, 3, 2], [11]], 12)
 
 
 def test_sat_model_trains_saves_and_reloads(tmp_path):
@@ -137,7 +115,7 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
         num_layers=2,
         hidden_size=32,
         num_attention_heads=4,
-        vocab_size=100,
+        vocab_size=VOCAB,
         rotary_dim=4,
         hidden_dropout=0.0,
         attention_dropout=0.0,
@@ -145,19 +123,15 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
     model = GPTJModel(args)
     assert list(model.mixins) == ["lm"] and model.transformer.layernorm_order == "parallel"
     check_sat_model(model, args, sat_logits, tmp_path)
-    loaded, loaded_args = AutoModel.from_pretrained(args.save)
+    loaded, _ = AutoModel.from_pretrained(args.save)
     assert (loaded.transformer.rotary_dim, loaded.transformer.use_mlp_bias) == (4, True)
 
 
 @pytest.mark.parametrize("name", ["lora", "prefix"])
 def test_finetuning_reduces_the_loss(name):
     model, _ = tiny_model(GPTJModel, dict(rotary_dim=4))
-    build, reinit, trainable, lr = MIXINS[name]
-    model.add_mixin(name, build("gptj"), reinit=reinit)
-    freeze_all_but(model, trainable)
-    losses = train(model, "gptj", steps=10, lr=lr)
+    losses = check_finetuning_reduces_the_loss(model, name, family="gptj")
     print(f"gptj {name}: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
-    assert losses[-1] < losses[0] - 0.02
 
 
 @pytest.mark.parametrize(
@@ -181,7 +155,7 @@ def test_unmatched_and_missing_keys():
 
 
 def test_backbone_options_validate():
-    args = GPTJModel.get_args(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=100, rotary_dim=3)
+    args = GPTJModel.get_args(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=VOCAB, rotary_dim=3)
     with pytest.raises(ValueError, match=r"rotary_dim \(3\) must be even"):
         GPTJModel(args)
     args.rotary_dim = 4
