@@ -82,6 +82,8 @@ def test_masks_and_positions_of_a_padded_batch():
     assert model.get_inputs(with_mask)[1][0].tolist() == [[0, 1, 2, 1, 1], [0, 0, 0, 1, 2]]
     with pytest.raises(ValueError, match="needs its bos token"):
         model.get_inputs(torch.tensor([[5, GMASK, 6]]))
+    with pytest.raises(ValueError, match=r"position_ids \[b, 2, s\] \(positions, block positions\), got \(1, 5\)"):
+        model(with_mask, torch.arange(5)[None], -1)
 
 
 def test_bool_mask_is_transformers_convention():

@@ -18,6 +18,10 @@ def rotate_2d(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate ``query [b, np, s, hn]`` and ``key [b, nkv, s, hn]`` by ``position_ids [b, 2, s]``;
     ``rotary`` covers ``hn / 2`` channels."""
+    if position_ids.dim() != 3 or position_ids.shape[1] != 2:
+        raise ValueError(
+            f"the 2-D rotary needs position_ids [b, 2, s] (positions, block positions), got {tuple(position_ids.shape)}"
+        )
     tables = [rotary.cos_sin(position_ids[:, row], query.dtype) for row in range(2)]  # ([b, 1, s, hn/2],) x 2
 
     def rotate(x: torch.Tensor) -> torch.Tensor:
