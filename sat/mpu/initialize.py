@@ -3,7 +3,8 @@
 With ``world_size`` ranks and model-parallel size ``mp``, ranks ``[i*mp, (i+1)*mp)`` form a
 model-parallel group and ranks ``i, i+mp, i+2mp, ...`` a data-parallel group (Megatron's
 layout: the ranks of one model copy are neighbours, so they share a node). Node groups hold
-the ranks of one machine (``LOCAL_WORLD_SIZE``).
+the ranks of one machine (``LOCAL_WORLD_SIZE`` from torchrun, or ``LOCAL_SIZE`` from the
+deepspeed launcher).
 
 Nothing here creates a group unless ``initialize_model_parallel`` is called. Before that,
 every accessor answers for a single model-parallel rank: model-parallel size 1, and data
@@ -53,7 +54,7 @@ def initialize_model_parallel(model_parallel_size: int) -> None:
         if i == rank // model_parallel_size:
             _MODEL_PARALLEL_GROUP = group
 
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or _guess_local_world_size(world_size)
+    local_world_size = _local_world_size(world_size)
     ensure_divisibility(world_size, local_world_size)
     for i in range(world_size // local_world_size):
         group = dist.new_group(list(range(i * local_world_size, (i + 1) * local_world_size)))
@@ -61,12 +62,23 @@ def initialize_model_parallel(model_parallel_size: int) -> None:
             _NODE_GROUP = group
 
 
-def _guess_local_world_size(world_size: int) -> int:
+# Ranks per node as launchers announce it: torchrun sets LOCAL_WORLD_SIZE, the deepspeed
+# launcher LOCAL_SIZE.
+_LOCAL_SIZE_VARIABLES = ("LOCAL_WORLD_SIZE", "LOCAL_SIZE")
+
+
+def _local_world_size(world_size: int) -> int:
+    """The number of ranks per node, from the launcher's environment, else guessed."""
+    for variable in _LOCAL_SIZE_VARIABLES:
+        if os.environ.get(variable):
+            return int(os.environ[variable])
+    if world_size == 1:  # a single process is a single node: nothing to guess
+        return 1
     # One node per GPU count; a CPU-only run is taken to be one node.
     guess = min(world_size, torch.cuda.device_count()) if torch.cuda.is_available() else world_size
     print_rank0(
-        f"LOCAL_WORLD_SIZE is not set; assuming {guess} ranks per node. "
-        "Set LOCAL_WORLD_SIZE (torchrun and the deepspeed launcher do) if this is wrong.",
+        f"neither LOCAL_WORLD_SIZE (torchrun) nor LOCAL_SIZE (deepspeed launcher) is set; assuming {guess} "
+        "ranks per node. Set LOCAL_WORLD_SIZE if this is wrong.",
         level="WARNING",
     )
     return guess
