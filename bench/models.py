@@ -1,6 +1,8 @@
 """Forward and training-step speed: sat vs transformers on identical weights.
 
-    python bench/models.py [--families gpt2 gptj gpt_neo llama] [--presets small medium] [--device cuda]
+    python bench/models.py [--families FAMILY ...] [--presets small medium] [--device cuda]
+
+``FAMILY``: gpt2, gptj, gpt_neo, llama, qwen2, mistral.
 
 For each family and preset a random ``transformers`` model is built from its config class and
 translated with ``sat.hf.from_hf``; both run the same inputs, interleaved, and the table gives
@@ -19,7 +21,7 @@ from common import add_device_args, describe_setting, emit, interleaved, markdow
 
 from sat.hf import from_hf
 
-PRESETS = {  # layers, hidden, heads, kv heads (llama), vocab, batch, sequence
+PRESETS = {  # layers, hidden, heads, kv heads (llama-shaped), vocab, batch, sequence
     "small": dict(layers=4, hidden=256, heads=4, kv_heads=2, vocab=8192, batch=4, seq=128),
     "medium": dict(layers=12, hidden=768, heads=12, kv_heads=4, vocab=32000, batch=4, seq=256),
 }
@@ -71,9 +73,23 @@ def build_hf(family: str, p: dict):
             eos_token_id=0,
         )
         return GPTJForCausalLM(config)
+    if family == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        return Qwen2ForCausalLM(Qwen2Config(**llama_sizes(p)))
+    if family == "mistral":
+        from transformers import MistralConfig, MistralForCausalLM
+
+        # A window shorter than the sequence: the windowed attention is what runs.
+        return MistralForCausalLM(MistralConfig(**llama_sizes(p), sliding_window=p["seq"] // 2))
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
+    return LlamaForCausalLM(LlamaConfig(**llama_sizes(p)))
+
+
+def llama_sizes(p: dict) -> dict:
+    """The config fields of the LLaMA-shaped families (llama, qwen2, mistral) for preset ``p``."""
+    return dict(
         num_hidden_layers=p["layers"],
         hidden_size=p["hidden"],
         num_attention_heads=p["heads"],
@@ -84,7 +100,6 @@ def build_hf(family: str, p: dict):
         bos_token_id=0,
         eos_token_id=1,
     )
-    return LlamaForCausalLM(config)
 
 
 def measure(family: str, preset: str, args, dtype: torch.dtype) -> list[list[str]]:
