@@ -1,6 +1,9 @@
 """The model zoo: one small file per family, each registered for ``AutoModel``."""
 
 from sat.model.official.bert_model import BertModel
+from sat.model.official.chatglm2_model import ChatGLM2Model
+from sat.model.official.chatglm3_model import ChatGLM3Model
+from sat.model.official.chatglm4_model import ChatGLM4Model
 from sat.model.official.chatglm_model import ChatGLMModel
 from sat.model.official.glm130B_model import GLM130B
 from sat.model.official.glm_model import GLMModel
@@ -17,6 +20,9 @@ from sat.model.official.vit_model import ViTModel
 
 __all__ = [
     "BertModel",
+    "ChatGLM2Model",
+    "ChatGLM3Model",
+    "ChatGLM4Model",
     "ChatGLMModel",
     "GLM130B",
     "GLMModel",
