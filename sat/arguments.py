@@ -196,7 +196,13 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         default=None,
         help="torch.distributed backend; default nccl with CUDA, gloo otherwise",
     )
-    group.add_argument("--local_rank", type=int, default=None, help="local rank passed by the launcher")
+    group.add_argument(
+        "--local_rank",
+        "--local-rank",  # how `python -m torch.distributed.launch` passes it since torch 2.0
+        type=int,
+        default=None,
+        help="local rank passed by the launcher",
+    )
     group.add_argument("--exit-interval", type=int, default=None, help="exit after this many iterations")
     group.add_argument("--wandb", action="store_true", help="also log to wandb (must be installed)")
     group.add_argument("--wandb-project-name", type=str, default="default_project", help="wandb project")

@@ -1,6 +1,7 @@
-"""Node groups under the launchers the original's example scripts use: the deepspeed launcher
-announces ranks per node as LOCAL_SIZE (torchrun as LOCAL_WORLD_SIZE), and a plain
-`python transform_param.py` with a one-process group has nothing to guess."""
+"""The launchers the original's example scripts use: `python -m torch.distributed.launch` passes
+`--local-rank=N` (torch 2), the deepspeed launcher `--local_rank=N` and ranks per node as
+LOCAL_SIZE (torchrun as LOCAL_WORLD_SIZE); a plain `python transform_param.py` with a
+one-process group has nothing to guess."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import pytest
 import torch.distributed as dist
 
-from sat import mpu
+from sat import get_args, mpu
 from sat.helpers import get_free_port
 from tests.distributed import run_workers
 
@@ -40,3 +41,8 @@ def test_single_process_group_warns_about_nothing(monkeypatch, caplog):
     finally:
         mpu.destroy_model_parallel()
         dist.destroy_process_group()
+
+
+def test_get_args_takes_both_spellings_of_the_local_rank_flag():
+    assert get_args(["--local-rank=3"]).local_rank == 3  # torch.distributed.launch
+    assert get_args(["--local_rank=2"]).local_rank == 2  # deepspeed launcher
