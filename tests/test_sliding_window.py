@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sat.config import TransformerConfig
+from sat.model.attention import MemoryEfficientAttentionMixin, TransposedMemoryEfficientAttentionMixin
 from sat.model.cached_autoregressive_model import CachedAutoregressiveMixin, KVCache
 from sat.ops.attention import first_key_in_window, sliding_window_mask
 
@@ -74,6 +75,17 @@ def test_cached_decoding_beyond_the_window_equals_the_full_forward():
     assert cache.length == SEQ
     assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-5
     assert (torch.cat(padded, dim=1) - full).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("mixin", [MemoryEfficientAttentionMixin, TransposedMemoryEfficientAttentionMixin])
+def test_memory_efficient_attention_mixins_honour_the_window(mixin):
+    model = tiny(WINDOW)
+    with torch.no_grad():
+        expected = model(IDS, POSITIONS, -1)[0]
+        padded = model(IDS, POSITIONS, banded(SEQ))[0]
+        model.add_mixin("mea", mixin())
+        assert (model(IDS, POSITIONS, -1)[0] - expected).abs().max() < 1e-5  # the backbone's causal mask
+        assert (model(IDS, POSITIONS, banded(SEQ))[0] - padded).abs().max() < 1e-5  # a tensor mask
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,21 @@ from sat.mpu.random import model_parallel_dropout_context
 from sat.ops.memory_efficient_attention import memory_efficient_attention as _kernel
 
 
-def memory_efficient_attention(q, k, v, attention_dropout: float = 0.0, mask=None, scale: float | None = None):
+def memory_efficient_attention(
+    q, k, v, attention_dropout: float = 0.0, mask=None, scale: float | None = None, sliding_window: int = 0
+):
     """``sat.ops.memory_efficient_attention`` (``[b, s, n, hn]`` layout) with its dropout drawn
     from the model-parallel random stream, since each model-parallel rank holds other heads."""
-    return _kernel(q, k, v, attention_dropout, mask, scale, dropout_context=model_parallel_dropout_context)
+    return _kernel(
+        q,
+        k,
+        v,
+        attention_dropout,
+        mask,
+        scale,
+        dropout_context=model_parallel_dropout_context,
+        sliding_window=sliding_window,
+    )
 
 
 def _dropout_p(attention_dropout) -> float:
@@ -34,15 +45,24 @@ def _no_additive_weights(log_attention_weights) -> None:
 
 
 def _sdpa_sequence_first(
-    query, key, value, mask, dropout, log_attention_weights, scaling_attention_score: bool, heads_first: bool
+    query,
+    key,
+    value,
+    mask,
+    dropout,
+    log_attention_weights,
+    scaling_attention_score: bool,
+    heads_first: bool,
+    sliding_window: int = 0,
 ) -> torch.Tensor:
     """What both mixins' ``attention_fn`` compute: ``memory_efficient_attention`` on q, k, v in
-    ``[b, s, n, hn]`` (given ``[b, n, s, hn]`` when ``heads_first``), returning ``[b, sq, np, hn]``."""
+    ``[b, s, n, hn]`` (given ``[b, n, s, hn]`` when ``heads_first``), returning ``[b, sq, np, hn]``;
+    ``sliding_window`` is the layer's (the backbone passes it to ``attention_fn``)."""
     _no_additive_weights(log_attention_weights)
     if heads_first:
         query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # [b, s, n, hn]
     scale = None if scaling_attention_score else 1.0
-    return memory_efficient_attention(query, key, value, _dropout_p(dropout), mask, scale)
+    return memory_efficient_attention(query, key, value, _dropout_p(dropout), mask, scale, sliding_window)
 
 
 class MemoryEfficientAttentionMixin(BaseMixin):
@@ -68,6 +88,7 @@ class MemoryEfficientAttentionMixin(BaseMixin):
             log_attention_weights,
             scaling_attention_score,
             heads_first=True,
+            sliding_window=kw_args.get("sliding_window", 0),
         )
         return context.transpose(1, 2)  # [b, np, sq, hn]
 
@@ -100,6 +121,7 @@ class TransposedMemoryEfficientAttentionMixin(BaseMixin):
             log_attention_weights,
             scaling_attention_score,
             heads_first,
+            kw_args.get("sliding_window", 0),
         )  # [b, sq, np, hn]
         return context.transpose(1, 2) if heads_first else context
 
@@ -107,5 +129,7 @@ class TransposedMemoryEfficientAttentionMixin(BaseMixin):
         attention = self.transformer.layers[kw_args["layer_id"]].attention
         query, key, value = (t.transpose(1, 2) for t in attention.heads(hidden_states, **kw_args))  # [b, s, n, hn]
         dropout_fn = attention.attention_dropout if attention.training else None
-        context = self.attention_fn(query, key, value, mask, dropout_fn, **kw_args)  # [b, sq, np, hn]
+        window = attention.sliding_window  # what the layer passes to attention_fn (attend)
+        # [b, sq, np, hn]
+        context = self.attention_fn(query, key, value, mask, dropout_fn, **kw_args, sliding_window=window)
         return attention.project(context)
