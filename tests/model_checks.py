@@ -38,7 +38,9 @@ def check_hf_round_trip(hf_model, sat_forward: Forward, hf_forward: Forward, tmp
     save_hf(model, directory)
     reloaded = type(hf_model).from_pretrained(directory).eval()
     with torch.no_grad():
-        assert torch.equal(hf_forward(reloaded), expected)
+        # Not bitwise: safetensors places tensors 8-byte aligned, and a matrix product over a
+        # differently aligned copy of the same weights may round differently (seen: 9e-7).
+        assert (hf_forward(reloaded) - expected).abs().max() <= 1e-6
     return difference
 
 

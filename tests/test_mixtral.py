@@ -10,7 +10,18 @@ import os
 import pytest
 import torch
 from distributed import gathered_grads, run_workers
-from finetune_cases import MIXINS, task_loss, train
+from lm_checks import (
+    HF_TINY,
+    IDS,
+    POSITIONS,
+    check_batched_prompts,
+    check_finetuning_reduces_the_loss,
+    check_greedy_generation,
+    hf_logits,
+    sat_logits,
+    sharpen,
+    tiny_args,
+)
 from model_checks import check_hf_round_trip, check_left_padded_batch, check_sat_model
 from safetensors.torch import save_file
 from transformers import MixtralConfig, MixtralForCausalLM
@@ -18,55 +29,24 @@ from transformers import MixtralModel as HFMixtralModel
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 from sat import mpu
-from sat.generation import BaseStrategy, batch_filling_sequence, filling_sequence
 from sat.hf import from_hf, to_hf
 from sat.model import AutoModel
-from sat.model.finetune import freeze_all_but
-from sat.model.mixins import CachedAutoregressiveMixin
 from sat.model.official import MixtralModel
 from sat.model.official.mixtral_model import load_balancing_loss, router_logits
 from sat.training.model_io import save_checkpoint
 
-IDS = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
-POSITIONS = torch.arange(12).expand(2, 12)
-EOS = 5
-PROMPT = torch.tensor([3, 17, 42, 99, 7, 61])
-NEW_TOKENS = 32
+INNER = HF_TINY["intermediate_size"]  # per expert
+EXPERTS = dict(num_local_experts=4, num_experts_per_tok=2)
 
 
 def hf_config(**overrides) -> MixtralConfig:
-    values = dict(
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=24,
-        vocab_size=100,
-        max_position_embeddings=64,
-        num_local_experts=4,
-        num_experts_per_tok=2,
-        bos_token_id=0,
-        eos_token_id=EOS,
-    )
-    return MixtralConfig(**{**values, **overrides})
+    return MixtralConfig(**{**HF_TINY, **EXPERTS, **overrides})
 
 
-def tiny_hf(seed: int = 0, scale: float = 1.0, **overrides) -> MixtralForCausalLM:
-    """A random tiny Mixtral; ``scale`` sharpens it (greedy choices vary, routing is decisive)."""
+def tiny_hf(seed: int = 0, scale: float = 3.0, **overrides) -> MixtralForCausalLM:
+    """A random tiny Mixtral (4 experts, top-2), sharpened by ``scale`` (decisive routing)."""
     torch.manual_seed(seed)
-    hf = MixtralForCausalLM(hf_config(**overrides)).eval()
-    with torch.no_grad():
-        for param in hf.parameters():
-            param.mul_(scale)
-    return hf
-
-
-def sat_logits(model):
-    return model(IDS, POSITIONS, -1)[0]
-
-
-def hf_logits(hf):
-    return hf(IDS).logits
+    return sharpen(MixtralForCausalLM(hf_config(**overrides)), scale)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +58,7 @@ def hf_logits(hf):
     ],
 )
 def test_parity_with_transformers(tmp_path, overrides):
-    difference = check_hf_round_trip(tiny_hf(scale=3.0, **overrides), sat_logits, hf_logits, tmp_path, atol=1e-5)
+    difference = check_hf_round_trip(tiny_hf(**overrides), sat_logits, hf_logits, tmp_path, atol=1e-5)
     assert difference < 1e-5
 
 
@@ -88,7 +68,7 @@ def test_translated_configuration_and_names():
     assert (t.num_experts, args.num_experts_per_tok, t.rotary_base, t.num_multi_query_heads) == (4, 2, 1e6, 2)
     assert list(model.mixins) == ["lm", "mlp"] and model.get_mixin("mlp").top_k == 2
     assert [tuple(gate.weight.shape) for gate in model.get_mixin("mlp").gates] == [(4, 32)] * 2
-    assert t.layers[1].mlp.dense_h_to_4h_gate_3.weight.shape == (24, 32)  # expert 3 of layer 1
+    assert t.layers[1].mlp.dense_h_to_4h_gate_3.weight.shape == (INNER, 32)  # expert 3 of layer 1
     assert not hasattr(t.layers[0].mlp, "dense_h_to_4h_0")  # expert 0 is unsuffixed, as in the original
     config = to_hf(model).config
     assert (config.num_local_experts, config.num_experts_per_tok, config.architectures) == (
@@ -99,7 +79,7 @@ def test_translated_configuration_and_names():
 
 
 def test_router_logits_and_load_balancing_loss_equal_transformers():
-    hf = tiny_hf(scale=3.0)
+    hf = tiny_hf()
     model, _ = from_hf(hf)
     attention = torch.ones(2, 12, dtype=torch.long)
     attention[1, :5] = 0
@@ -115,7 +95,7 @@ def test_router_logits_and_load_balancing_loss_equal_transformers():
 
 
 def test_aux_loss_trains_the_router_towards_balance():
-    model, _ = from_hf(tiny_hf(scale=3.0))
+    model, _ = from_hf(tiny_hf())
     gates = model.get_mixin("mlp").gates
     optimizer = torch.optim.SGD(gates.parameters(), lr=0.01)
     losses = []
@@ -142,58 +122,26 @@ def test_headless_model_round_trip():
 
 
 def test_left_padded_batch_matches_transformers():
-    assert check_left_padded_batch(tiny_hf(scale=3.0), IDS) < 1e-5
+    assert check_left_padded_batch(tiny_hf(), IDS) < 1e-5
 
 
 @pytest.fixture(scope="module")
 def generating_pair():
     hf = tiny_hf(seed=1, scale=6.0)
-    model, _ = from_hf(hf)
-    model.add_mixin("auto-regressive", CachedAutoregressiveMixin())
-    return hf, model
-
-
-def _seq(prompt: torch.Tensor, new: int) -> torch.Tensor:
-    return torch.cat((prompt, torch.full((new,), -1)))
+    return hf, from_hf(hf)[0]
 
 
 def test_cached_greedy_equals_uncached_and_transformers(generating_pair):
-    hf, model = generating_pair
-    tokens, _ = filling_sequence(model, _seq(PROMPT, NEW_TOKENS), 1, BaseStrategy(top_k=1))
-    uncached = PROMPT[None]
-    with torch.no_grad():
-        for _ in range(NEW_TOKENS):
-            step = model(uncached, torch.arange(uncached.shape[1])[None], -1)[0][:, -1]  # [1, vocab]
-            uncached = torch.cat((uncached, step.argmax(-1, keepdim=True)), dim=1)
-    reference = hf.generate(PROMPT[None], max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0)
-    assert torch.equal(tokens, uncached) and torch.equal(tokens, reference)
-    assert len(set(tokens[0, len(PROMPT) :].tolist())) > 5  # a varied continuation, not one token
+    check_greedy_generation(*generating_pair, torch.tensor([3, 17, 42, 90, 7, 61]), 32)
 
 
 def test_batched_prompts_equal_per_prompt_generation(generating_pair):
-    _, model = generating_pair
-    prompts = [[3, 17, 42], [9, 8, 7, 6, 4, 3, 2], [11]]
-    results = batch_filling_sequence(model, prompts, 12, BaseStrategy(top_k=1))
-    for prompt, result in zip(prompts, results):
-        alone, _ = filling_sequence(model, _seq(torch.tensor(prompt), 12), 1, BaseStrategy(top_k=1))
-        assert result.tolist() == alone[0].tolist(), prompt
+    check_batched_prompts(generating_pair[1], [[3, 17, 42], [9, 8, 7, 6, 4, 3, 2], [11]], 12)
 
 
 def tiny_sat(seed: int = 0, **overrides):
-    values = dict(
-        num_layers=2,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_multi_query_heads=2,
-        inner_hidden_size=24,
-        vocab_size=96,
-        max_sequence_length=32,
-        num_experts=4,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        use_bias=False,
-    )
-    args = MixtralModel.get_args(**{**values, **overrides})
+    """A MixtralModel of its own: lm_checks' tiny sizes, 4 experts of width INNER."""
+    args = tiny_args(MixtralModel, **{"inner_hidden_size": INNER, "num_experts": 4, "use_bias": False, **overrides})
     torch.manual_seed(seed)
     return MixtralModel(args), args
 
@@ -202,14 +150,10 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
     model, args = tiny_sat()
     assert (args.bos_token_id, args.eos_token_id, args.num_experts_per_tok) == (1, 2, 2)  # the original's
     assert model.transformer.is_rotary_emb and model.transformer.is_gated_mlp
-    check_sat_model(model, args, sat_logits_96, tmp_path)
+    check_sat_model(model, args, sat_logits, tmp_path)
     with open(os.path.join(args.save, "model_config.json")) as f:
         saved = json.load(f)
     assert (saved["model_class"], saved["num_experts"], saved["num_experts_per_tok"]) == ("MixtralModel", 4, 2)
-
-
-def sat_logits_96(model):
-    return model(IDS % 96, POSITIONS, -1)[0]
 
 
 @pytest.mark.parametrize("name", ["lora", "prefix"])
@@ -219,25 +163,18 @@ def test_finetuning_mixin_reduces_the_loss(name):
         for param in model.parameters():
             if param.dim() > 1:
                 param.mul_(5.0)  # sharper than a fresh init, like the other families' tiny models
-    build, reinit, patterns, lr = MIXINS[name]
-    model.add_mixin(name, build("llama-gqa"), reinit=reinit)  # LLaMA's attention: 4 heads, 2 key/value heads
-    trainable = freeze_all_but(model, patterns)
-    task_loss(model, "mixtral").backward()
-    assert all(model.get_parameter(n).grad is not None for n in trainable)
+    check_finetuning_reduces_the_loss(model, name)  # LLaMA's attention: 4 heads, 2 key/value heads
     assert not any(gate.weight.requires_grad for gate in model.get_mixin("mlp").gates)
-    model.zero_grad()
-    losses = train(model, "mixtral", lr=lr)
-    assert losses[-1] < losses[0] - 0.02, losses
 
 
 def test_checkpoint_in_the_original_layout_loads():
     """The original kept rotary (base 1e6, hard-coded) in a ``rotary`` mixin and recorded no base;
     its keys load, and the model takes that base (what ``to_hf`` exports as ``rope_theta``)."""
-    hf = tiny_hf(scale=3.0)
+    hf = tiny_hf()
     model, _ = from_hf(hf)
     state = dict(model.state_dict())
     state["mixins.rotary.rotary_emb.inv_freq"] = state.pop("transformer.position_embeddings.inv_freq")
-    fresh, _ = tiny_sat(vocab_size=100, max_sequence_length=64, bos_token_id=0, eos_token_id=EOS)
+    fresh, _ = tiny_sat()
     assert fresh.transformer.rotary_base == 10000.0  # built without a base: the backbone's default
     fresh.load_state_dict(state, strict=True)
     assert fresh.transformer.rotary_base == 1e6 and fresh.transformer.position_embeddings.base == 1e6
@@ -248,7 +185,7 @@ def test_checkpoint_in_the_original_layout_loads():
 
 def test_directory_with_per_expert_tensors_loads(tmp_path):
     """The Hub's Mixtral checkpoints store each expert's w1/w2/w3 (transformers 4's layout)."""
-    hf = tiny_hf(scale=3.0)
+    hf = tiny_hf()
     hf.config.save_pretrained(tmp_path)
     state = {}
     for key, value in hf.state_dict().items():
@@ -257,8 +194,8 @@ def test_directory_with_per_expert_tensors_loads(tmp_path):
             state[f"{layer}.block_sparse_moe.gate.weight"] = value
         elif name == "experts.gate_up_proj":
             for expert, weights in enumerate(value):
-                state[f"{layer}.block_sparse_moe.experts.{expert}.w1.weight"] = weights[:24].contiguous()
-                state[f"{layer}.block_sparse_moe.experts.{expert}.w3.weight"] = weights[24:].contiguous()
+                state[f"{layer}.block_sparse_moe.experts.{expert}.w1.weight"] = weights[:INNER].contiguous()
+                state[f"{layer}.block_sparse_moe.experts.{expert}.w3.weight"] = weights[INNER:].contiguous()
         elif name == "experts.down_proj":
             for expert, weights in enumerate(value):
                 state[f"{layer}.block_sparse_moe.experts.{expert}.w2.weight"] = weights.contiguous()
@@ -287,7 +224,7 @@ def test_unsupported_configs(overrides, message):
 
 def _mp_worker(rank: int, world: int, folder: str) -> dict:
     model, _ = AutoModel.from_pretrained(folder, overwrite_args={"model_parallel_size": world})
-    logits, *per_layer = model(IDS % 96, POSITIONS, -1)
+    logits, *per_layer = model(IDS, POSITIONS, -1)
     logits.square().mean().backward()
     mlp = model.transformer.layers[0].mlp
     return {
@@ -308,10 +245,10 @@ def test_mp2_logits_and_gradients_equal_mp1(tmp_path):
             gate.weight.mul_(5.0)  # decisive routing: every expert gets tokens
     args.save = str(tmp_path)
     save_checkpoint(1, model, None, None, args)
-    logits, *per_layer = model(IDS % 96, POSITIONS, -1)
+    logits, *per_layer = model(IDS, POSITIONS, -1)
     logits.square().mean().backward()
     for result in run_workers(_mp_worker, 2, str(tmp_path)):
-        assert result["world"] == 2 and result["expert shard"] == (12, 32)
+        assert result["world"] == 2 and result["expert shard"] == (INNER // 2, 32)
         assert (result["logits"] - logits).abs().max() < 1e-5
         assert (result["router"] - torch.stack(router_logits(per_layer))).abs().max() < 1e-5
         for name, param in model.named_parameters():
