@@ -78,6 +78,13 @@ def test_checkpoint_written_here_loads_in_original(name, tmp_path):
     check_written_here_loads_in_original(os.path.join(FIXTURES, "written_by_ours", name), chatglm_outputs, tmp_path)
 
 
+def test_exported_and_registered():
+    import sat.model
+
+    assert sat.model.ChatGLM2Model is ChatGLM2Model and sat.model.ChatGLM4Model is ChatGLM4Model
+    assert all(sat.model.get_model_class(cls.__name__) is cls for cls in (ChatGLM2Model, ChatGLM3Model, ChatGLM4Model))
+
+
 def test_parameter_names_are_the_originals():
     model, _ = tiny()
     state = model.state_dict()
