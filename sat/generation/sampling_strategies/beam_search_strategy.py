@@ -202,7 +202,9 @@ class BeamSearchStrategy:
         if not self.consider_end:
             self._reset()
             return tokens, mems
-        if not self.end_beams:  # stopped before any beam could finish
+        if self.running_scores is None:  # the prompt filled the sequence: nothing was generated
+            self._insert_end_beam(tokens[0], 0.0)
+        elif not self.end_beams:  # stopped before any beam could finish
             for row in range(tokens.shape[0]):
                 self._insert_end_beam(tokens[row], float(self.running_scores[row]))
         beams = list(self.end_beams)
