@@ -12,7 +12,8 @@ from sat.model.mixins import CachedAutoregressiveMixin
 
 
 def test_beam_search_with_a_prompt_that_fills_the_sequence_returns_it():
-    args = GPT2Model.get_args(num_layers=1, vocab_size=50, hidden_size=16, num_attention_heads=2, max_sequence_length=16)
+    sizes = dict(num_layers=1, vocab_size=50, hidden_size=16, num_attention_heads=2, max_sequence_length=16)
+    args = GPT2Model.get_args(**sizes)
     torch.manual_seed(0)
     model = GPT2Model(args).eval()
     model.add_mixin("auto-regressive", CachedAutoregressiveMixin())
