@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -22,7 +23,13 @@ from lm_checks import (
     sharpen,
     tiny_args,
 )
-from model_checks import check_hf_round_trip, check_left_padded_batch, check_sat_model
+from model_checks import (
+    assert_recorded,
+    check_hf_round_trip,
+    check_left_padded_batch,
+    check_sat_model,
+    check_written_here_loads_in_original,
+)
 from safetensors.torch import save_file
 from transformers import MixtralConfig, MixtralForCausalLM
 from transformers import MixtralModel as HFMixtralModel
@@ -34,6 +41,10 @@ from sat.model import AutoModel
 from sat.model.official import MixtralModel
 from sat.model.official.mixtral_model import load_balancing_loss, router_logits
 from sat.training.model_io import save_checkpoint
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "original_sat")
+sys.path.insert(0, FIXTURES)
+from make_llama_glm_fixtures import llama_inputs, llama_logits  # noqa: E402
 
 INNER = HF_TINY["intermediate_size"]  # per expert
 EXPERTS = dict(num_local_experts=4, num_experts_per_tok=2)
@@ -181,6 +192,24 @@ def test_checkpoint_in_the_original_layout_loads():
     with torch.no_grad():
         assert (sat_logits(fresh.eval()) - hf_logits(hf)).abs().max() < 1e-5
         assert (hf_logits(to_hf(fresh)) - hf_logits(hf)).abs().max() < 1e-5
+
+
+def test_checkpoint_written_by_the_original_loads_with_its_logits():
+    """The original 0.4.12's MixtralModel (rotary mixin, base 1e6; 4 experts, top-2; written by
+    tests/fixtures/original_sat/make_mixtral_fixtures.py) computes here what it computed there,
+    and as a transformers model."""
+    folder = os.path.join(FIXTURES, "written_by_original", "mixtral")
+    model, args = AutoModel.from_pretrained(folder)
+    assert isinstance(model, MixtralModel) and list(model.mixins) == ["lm", "mlp"]
+    assert (model.transformer.rotary_base, args.num_experts, args.num_experts_per_tok) == (1e6, 4, 2)
+    assert_recorded(llama_logits(model), os.path.join(folder, "logits_by_original.pt"))
+    expected = torch.load(os.path.join(folder, "logits_by_original.pt"), weights_only=True)["causal"]
+    with torch.no_grad():
+        assert (to_hf(model)(llama_inputs()[0]).logits - expected).abs().max() < 1e-5
+
+
+def test_checkpoint_written_here_loads_in_original(tmp_path):
+    check_written_here_loads_in_original(os.path.join(FIXTURES, "written_by_ours", "mixtral"), llama_logits, tmp_path)
 
 
 def test_directory_with_per_expert_tensors_loads(tmp_path):
