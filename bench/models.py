@@ -2,7 +2,7 @@
 
     python bench/models.py [--families FAMILY ...] [--presets small medium] [--device cuda]
 
-``FAMILY``: gpt2, gptj, gpt_neo, llama, qwen2, mistral.
+``FAMILY``: gpt2, gptj, gpt_neo, llama, mixtral, qwen2, mistral.
 
 For each family and preset a random ``transformers`` model is built from its config class and
 translated with ``sat.hf.from_hf``; both run the same inputs, interleaved, and the table gives
@@ -73,6 +73,11 @@ def build_hf(family: str, p: dict):
             eos_token_id=0,
         )
         return GPTJForCausalLM(config)
+    if family == "mixtral":
+        from transformers import MixtralConfig, MixtralForCausalLM
+
+        # LLaMA's sizes, its MLP width per expert: 4 experts, 2 per token.
+        return MixtralForCausalLM(MixtralConfig(**llama_sizes(p), num_local_experts=4, num_experts_per_tok=2))
     if family == "qwen2":
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
