@@ -2,7 +2,7 @@
 
     python bench/generation.py [--families FAMILY ...] [--new-tokens 128 512] [--batch 1 8]
 
-``FAMILY``: gpt2, gptj, gpt_neo, llama, mixtral, qwen2, mistral.
+``FAMILY``: gpt2, gptj, gpt_neo, llama, mixtral, qwen2, mistral, glm.
 
 Tokens per second (new tokens x batch / seconds), medians of interleaved runs; the ratio is
 sat / transformers (above 1: sat is faster). Both decode greedily to exactly the given length

@@ -2,7 +2,7 @@
 
     python bench/models.py [--families FAMILY ...] [--presets small medium] [--device cuda]
 
-``FAMILY``: gpt2, gptj, gpt_neo, llama, mixtral, qwen2, mistral.
+``FAMILY``: gpt2, gptj, gpt_neo, llama, mixtral, qwen2, mistral, glm.
 
 For each family and preset a random ``transformers`` model is built from its config class and
 translated with ``sat.hf.from_hf``; both run the same inputs, interleaved, and the table gives
@@ -87,6 +87,11 @@ def build_hf(family: str, p: dict):
 
         # A window shorter than the sequence: the windowed attention is what runs.
         return MistralForCausalLM(MistralConfig(**llama_sizes(p), sliding_window=p["seq"] // 2))
+    if family == "glm":
+        from transformers import GlmConfig, GlmForCausalLM
+
+        # GLM-4's layout on LLaMA's sizes: q/k/v biases, rotary on half of each head, fused gate/up.
+        return GlmForCausalLM(GlmConfig(**llama_sizes(p), head_dim=p["hidden"] // p["heads"], pad_token_id=0))
     from transformers import LlamaConfig, LlamaForCausalLM
 
     return LlamaForCausalLM(LlamaConfig(**llama_sizes(p)))
