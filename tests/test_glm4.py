@@ -12,6 +12,7 @@ from transformers import Glm4Config, Glm4ForCausalLM, GlmConfig, GlmForCausalLM,
 
 from sat.hf import from_hf, to_hf
 from sat.hf.families.glm import rope_order
+from sat.model import AutoModel
 from sat.model.official.chatglm4_model import ChatGLM4Model
 
 SEQ = 12
@@ -142,3 +143,14 @@ def test_unsupported_models():
     args = ChatGLM4Model.get_args(num_layers=1, hidden_size=32, num_attention_heads=4, vocab_size=VOCAB)
     with pytest.raises(ValueError, match="gate in the 'mlp' mixin"):
         to_hf(ChatGLM4Model(args))  # the original's layout, without is_gated_mlp
+
+
+def test_tied_directory_without_lm_head_loads(tmp_path):
+    hf = tiny_hf("glm4", tie_word_embeddings=True)
+    hf.save_pretrained(tmp_path)  # the tied head is not saved
+    model, _ = AutoModel.from_pretrained(str(tmp_path))
+    head = model.get_mixin("chatglm-final").lm_head.weight
+    assert torch.equal(head, model.transformer.word_embeddings.weight)
+    assert head.data_ptr() != model.transformer.word_embeddings.weight.data_ptr()  # equal, not aliased
+    with torch.no_grad():
+        assert (sat_logits(model) - hf_logits(hf)).abs().max() < 1e-5

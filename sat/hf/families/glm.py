@@ -16,6 +16,7 @@ import torch
 
 from sat.hf.families import glm4, llama
 from sat.hf.family import Family, register_family
+from sat.hf.heads import fill_tied_head
 from sat.hf.mapping import Transform, split
 
 _LAYER, _HF_LAYER = "transformer.layers.{}.", "model.layers.{}."
@@ -158,10 +159,7 @@ def context(args) -> dict:
 
 
 def prepare_hf_state(state: dict, config) -> dict:
-    if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in state:
-        # A copy: sat's head is a parameter of its own, which must not alias the embedding.
-        state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
-    return state
+    return fill_tied_head(state, config, "GlmModel", "model.embed_tokens.weight")  # a tied head left unsaved
 
 
 register_family(
