@@ -16,7 +16,7 @@ import torch
 
 from sat.hf.families import glm4, llama
 from sat.hf.family import Family, register_family
-from sat.hf.heads import fill_tied_head
+from sat.hf.heads import fill_tied_head, head_fields
 from sat.hf.mapping import Transform, split
 
 _LAYER, _HF_LAYER = "transformer.layers.{}.", "model.layers.{}."
@@ -133,11 +133,9 @@ def model_to_config(model):
         config_class = glm4.config_class()
     else:
         from transformers import GlmConfig as config_class
-    lm_head = model.get_mixin("chatglm-final").lm_head.weight
     eos = model.eos_token_id
     return config_class(
-        architectures=[glm4.HF_CLASS if sandwich else _HF_CLASS],
-        tie_word_embeddings=bool(torch.equal(lm_head, t.word_embeddings.weight)),
+        **head_fields(model, "chatglm-final", glm4.HF_CLASS if sandwich else _HF_CLASS, "GlmModel"),
         **llama.decoder_config_sizes(t),
         rope_parameters={"rope_type": "default", "rope_theta": t.rotary_base, "partial_rotary_factor": 0.5},
         attention_bias=t.use_qkv_bias,
