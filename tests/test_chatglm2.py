@@ -11,7 +11,7 @@ import pytest
 import torch
 from distributed import gathered_grads, run_workers
 from finetune_cases import VOCAB
-from lm_checks import check_finetuning_reduces_the_loss, to_fill, uncached_greedy, with_cache
+from lm_checks import check_batched_prompts, check_finetuning_reduces_the_loss, to_fill, uncached_greedy, with_cache
 from model_checks import assert_recorded, check_sat_model, check_written_here_loads_in_original
 
 from sat import mpu
@@ -158,13 +158,14 @@ def test_own_forward_with_past_key_values_matches_the_cached_path():
     assert (cached - full).abs().max() < 1e-5
 
 
-def test_cached_greedy_equals_uncached():  # ChatGLM4Model: against transformers in test_glm4.py
+def test_cached_greedy_equals_uncached_and_batched_prompts():  # ChatGLM4Model: vs transformers, test_glm4.py
     model, _ = tiny(seed=1)
     prompt = torch.tensor([3, 17, 42, 90, 7, 61])
     uncached = uncached_greedy(model, prompt, 32)
     tokens, _ = filling_sequence(with_cache(model), to_fill(prompt, 32), 1, BaseStrategy(top_k=1))
     assert torch.equal(tokens, uncached) and tokens.shape == (1, 38)
     assert len(set(tokens[0, 6:].tolist())) > 5
+    check_batched_prompts(model, [[3, 17, 42], [9, 8, 7, 6, 4, 3, 2], [11]], 12)  # through the model's 4-D masks
 
 
 @pytest.mark.parametrize("name", ["lora", "prefix"])
