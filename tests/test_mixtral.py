@@ -120,6 +120,19 @@ def test_aux_loss_trains_the_router_towards_balance():
     assert losses[0] > 2.05 and losses[-1] < losses[0] - 0.02  # about top_k (2) when balanced
 
 
+def test_aux_loss_gradients_through_activation_checkpointing():
+    model, _ = tiny_sat()
+    model.train()
+    grads = []
+    for checkpointed in (False, True):
+        model.transformer.checkpoint_activations = checkpointed
+        model.zero_grad()
+        logits, *per_layer = model(IDS, POSITIONS, -1)
+        (logits.square().mean() + load_balancing_loss(router_logits(per_layer), top_k=2)).backward()
+        grads.append({name: param.grad.clone() for name, param in model.named_parameters()})
+    assert all(torch.equal(grads[1][name], grad) for name, grad in grads[0].items())
+
+
 def test_headless_model_round_trip():
     torch.manual_seed(0)
     base = HFMixtralModel(hf_config()).eval()
