@@ -16,6 +16,10 @@ _LAZY = {
     "BaseMixin": "sat.model",
     "get_args": "sat.arguments",
     "get_tokenizer": "sat.tokenization",
+    # Exported by older 0.x releases; the original's T5 and GLM example scripts import them from sat.
+    "initialize_distributed": "sat.runtime",
+    "load_checkpoint": "sat.training.model_io",
+    "set_random_seed": "sat.runtime",
     "training_main": "sat.training.deepspeed_training",
     "update_args_with_file": "sat.arguments",
 }

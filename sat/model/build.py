@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from sat import mpu
@@ -18,13 +20,15 @@ def get_model(args, model_cls: type[torch.nn.Module], **kwargs) -> torch.nn.Modu
     params_dtype = kwargs.pop("params_dtype", None)
     if params_dtype is None:
         params_dtype = dtype_from_args(args)
+    if accepts_keyword(model_cls, "params_dtype"):
+        kwargs["params_dtype"] = params_dtype
     if check_if_zero3(args):
         import deepspeed
 
         with deepspeed.zero.Init(config_dict_or_path=args.deepspeed_config):
-            model = model_cls(args, params_dtype=params_dtype, **kwargs)
+            model = model_cls(args, **kwargs)
     else:
-        model = model_cls(args, params_dtype=params_dtype, **kwargs)
+        model = model_cls(args, **kwargs)
     if mpu.get_data_parallel_rank() == 0:
         count = sum(p.numel() for p in model.parameters())
         print_all(f" > number of parameters on model parallel rank {mpu.get_model_parallel_rank()}: {count}")
@@ -33,6 +37,14 @@ def get_model(args, model_cls: type[torch.nn.Module], **kwargs) -> torch.nn.Modu
     if not any(p.is_meta for p in model.parameters()):
         model = model.to(device)
     return model
+
+
+def accepts_keyword(model_cls: type, name: str) -> bool:
+    """Whether ``model_cls(...)`` takes keyword ``name``. User subclasses written as
+    ``__init__(self, args, transformer=None)`` (the original's finetune examples) do not take
+    ``params_dtype``; they are built in fp32 and cast, where the original raised a TypeError."""
+    parameters = inspect.signature(model_cls.__init__).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def get_meta_model(args, model_cls: type[torch.nn.Module], **kwargs) -> torch.nn.Module:

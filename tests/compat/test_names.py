@@ -129,3 +129,27 @@ def test_inference_script_helpers_as_examples_cogview(tmp_path):
     saved = sorted(name for name in os.listdir(tmp_path) if name.endswith(".jpg"))
     assert [name.split("-")[0] for name in saved] == ["a_cat", "a_dog"]
     assert Image.open(tmp_path / saved[0]).size == (22, 12)
+
+
+def test_names_older_releases_exported_from_sat():
+    import sat
+    from sat.runtime import initialize_distributed, set_random_seed
+    from sat.training.model_io import load_checkpoint
+
+    exported = (sat.load_checkpoint, sat.initialize_distributed, sat.set_random_seed)  # examples/t5, examples/glm
+    assert exported == (load_checkpoint, initialize_distributed, set_random_seed)
+
+
+class ClassificationModel(BertModel):
+    """The original's finetune examples subclass without ``**kwargs``: no ``params_dtype``."""
+
+    def __init__(self, args, transformer=None):
+        super().__init__(args, transformer=transformer)
+
+
+def test_subclass_without_params_dtype_builds_in_the_asked_dtype():
+    from sat.model import get_model
+
+    args = BertModel.get_args(**TINY, bf16=True)
+    model = get_model(args, ClassificationModel)  # the original raised TypeError: unexpected 'params_dtype'
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
