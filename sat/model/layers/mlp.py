@@ -85,14 +85,18 @@ class MLP(HookedModule):
         weights, experts = self.hook("routing_forward", self.default_routing)(hidden_states, **kw_args)  # [t, k] x2
         batch, seq, hidden = hidden_states.shape
         flat = hidden_states.reshape(-1, hidden)  # [t, h]
-        output = torch.zeros_like(flat)
-        for expert in range(self.num_experts):
-            token_idx, slot = torch.where(experts == expert)
-            if token_idx.numel() == 0:
-                continue
-            expert_out = expert_forward(flat[token_idx], expert_id=expert, **kw_args)  # [n, h]
-            output.index_add_(0, token_idx, (expert_out * weights[token_idx, slot, None]).to(flat.dtype))
-        return output.view(batch, seq, hidden)
+        # Every (token, choice) pair sorted by expert: one gather, one contiguous slice per
+        # expert and one scatter, instead of a search, a gather and a scatter for each expert.
+        choices = experts.reshape(-1)  # [t * k]
+        order = torch.argsort(choices, stable=True)  # [t * k]
+        counts = torch.bincount(choices, minlength=self.num_experts).tolist()  # the one host sync
+        tokens = order // experts.shape[-1]  # [t * k]: the token of each sorted pair
+        chunks = flat[tokens].split(counts)  # per expert [n_e, h]
+        outputs = [
+            expert_forward(chunk, expert_id=expert, **kw_args) for expert, chunk in enumerate(chunks) if len(chunk)
+        ]  # experts no token chose are skipped (the same on every model-parallel rank)
+        mixed = torch.cat(outputs) * weights.reshape(-1)[order, None]  # [t * k, h]
+        return torch.zeros_like(flat).index_add_(0, tokens, mixed.to(flat.dtype)).view(batch, seq, hidden)
 
     def default_routing(self, hidden_states: torch.Tensor, **kw_args) -> tuple[torch.Tensor, torch.Tensor]:
         """The default ``routing_forward``: ``[b, s, h]`` -> ``(weights [b*s, k], experts [b*s, k])``.

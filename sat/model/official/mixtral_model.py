@@ -3,7 +3,8 @@ SwiGLU experts, ``num_experts`` of them per layer, ``--num-experts-per-tok`` cho
 
 The experts are the backbone's (``num_experts``: ``dense_h_to_4h_gate_{i}``, ``dense_h_to_4h_{i}``,
 ``dense_4h_to_h_{i}``, expert 0 unsuffixed), mixed by the backbone's MoE ``mlp_forward``: a loop
-over experts, each computing its tokens at once (gather, then ``index_add_``). The router is the
+over experts, each computing all its tokens at once (sorted by expert, gathered, ``index_add_``
+back). The router is the
 ``mlp`` mixin's ``routing_forward``, a top-k softmax over one bias-free ``gates[layer]`` linear,
 as the original's ``MixtralMlpMixin``. Each layer's router logits ``[b * s, num_experts]`` are
 returned as ``output_this_layer["router_logits"]`` for an auxiliary load-balancing loss::
