@@ -4,6 +4,7 @@ finetuning, the original's checkpoint layout and model parallelism."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -178,6 +179,15 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
     with open(os.path.join(args.save, "model_config.json")) as f:
         saved = json.load(f)
     assert (saved["model_class"], saved["num_experts"], saved["num_experts_per_tok"]) == ("MixtralModel", 4, 2)
+
+
+def test_command_line_arguments():
+    args = MixtralModel.get_args()
+    assert (args.num_experts, args.num_experts_per_tok, args.bos_token_id, args.eos_token_id) == (8, 2, 1, 2)
+    # The original's scripts parse the model's arguments first, then the rest with sat.get_args.
+    parser = MixtralModel.add_model_specific_args(argparse.ArgumentParser(add_help=False))
+    known, rest = parser.parse_known_args(["--num-experts", "4", "--num-experts-per-tok", "1", "--num-layers", "2"])
+    assert (known.num_experts, known.num_experts_per_tok, rest) == (4, 1, ["--num-layers", "2"])
 
 
 @pytest.mark.parametrize("name", ["lora", "prefix"])

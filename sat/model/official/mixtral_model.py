@@ -109,6 +109,8 @@ class MixtralModel(LLaMAModel):
     def add_model_specific_args(cls, parser):
         super().add_model_specific_args(parser)
         group = parser.add_argument_group("Mixtral-8x7b", "Mixtral-8x7b Configurations")
+        # The backbone's num_experts (ARGS_DEFAULT: 1), on the command line for this model.
+        group.add_argument("--num-experts", type=int, default=8, help="experts per layer (Mixtral 8x7B's 8)")
         group.add_argument("--num-experts-per-tok", type=int, default=2, help="experts each token is routed to")
         parser.set_defaults(bos_token_id=1, eos_token_id=2)  # the original's (and Mixtral's) ids
         return parser
