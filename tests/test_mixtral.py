@@ -38,7 +38,7 @@ from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_fun
 
 from sat import mpu
 from sat.hf import from_hf, to_hf
-from sat.model import AutoModel
+from sat.model import AutoModel, get_model_class
 from sat.model.official import MixtralModel
 from sat.model.official.mixtral_model import load_balancing_loss, router_logits
 from sat.training.model_io import save_checkpoint
@@ -182,6 +182,9 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
 
 
 def test_command_line_arguments():
+    import sat.model  # the original's scripts import the zoo from here
+
+    assert sat.model.MixtralModel is MixtralModel and get_model_class("MixtralModel") is MixtralModel
     args = MixtralModel.get_args()
     assert (args.num_experts, args.num_experts_per_tok, args.bos_token_id, args.eos_token_id) == (8, 2, 1, 2)
     # The original's scripts parse the model's arguments first, then the rest with sat.get_args.
