@@ -181,7 +181,7 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
     assert (saved["model_class"], saved["num_experts"], saved["num_experts_per_tok"]) == ("MixtralModel", 4, 2)
 
 
-def test_command_line_arguments():
+def test_importable_names_and_command_line_arguments():
     import sat.model  # the original's scripts import the zoo from here
 
     assert sat.model.MixtralModel is MixtralModel and get_model_class("MixtralModel") is MixtralModel
