@@ -45,6 +45,24 @@ class BaseMixin(torch.nn.Module):
         ``add_mixin(..., reinit=True)`` and when a finetune checkpoint lacks them."""
 
 
+def fill_model_arg_defaults(model_cls: type, args: argparse.Namespace) -> None:
+    """Give ``args`` the defaults of the arguments ``model_cls.add_model_specific_args`` adds
+    that it lacks. Scripts that parse only the common arguments (the original's RoBERTa
+    finetune examples call ``get_args`` without the model's group) then build the model with its
+    defaults, where the original failed on ``args.num_types``. Values already set are kept."""
+    if args is None:
+        return
+    parser = argparse.ArgumentParser(add_help=False)
+    model_cls.add_model_specific_args(parser)
+    try:
+        defaults = vars(parser.parse_args([]))
+    except SystemExit:  # a user's model argument that is required: nothing to default
+        return
+    for key, value in defaults.items():
+        if not hasattr(args, key):
+            setattr(args, key, value)
+
+
 class BaseModel(torch.nn.Module, metaclass=MetaModel):
     """A ``BaseTransformer`` configured from ``args``, plus mixins.
 
@@ -56,6 +74,7 @@ class BaseModel(torch.nn.Module, metaclass=MetaModel):
 
     def __init__(self, args, transformer: BaseTransformer | None = None, params_dtype=torch.float, **kwargs):
         super().__init__()
+        fill_model_arg_defaults(type(self), args)
         self.mixins = torch.nn.ModuleDict()
         self.collect_hooks_()
         if transformer is not None:

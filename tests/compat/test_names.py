@@ -153,3 +153,21 @@ def test_subclass_without_params_dtype_builds_in_the_asked_dtype():
     args = BertModel.get_args(**TINY, bf16=True)
     model = get_model(args, ClassificationModel)  # the original raised TypeError: unexpected 'params_dtype'
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_model_built_from_the_common_arguments_takes_its_own_defaults():
+    from sat import get_args
+    from sat.model import RobertaModel
+
+    # The original's roberta finetune examples: get_args without the model's argument group.
+    common = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--vocab-size", "60"]
+    args = get_args(common)
+    assert not hasattr(args, "num_types")
+    RobertaModel(args)
+    assert args.num_types == RobertaModel.get_args().num_types == 2
+    args = get_args(common)
+    model = BertModel(args)
+    assert args.num_types == 2 and model.get_mixin("bert-type").type_embeddings.num_embeddings == 2
+    args = get_args(common)
+    args.num_types = 3  # a value the script set is kept
+    assert BertModel(args).get_mixin("bert-type").type_embeddings.num_embeddings == 3
