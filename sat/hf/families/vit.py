@@ -20,19 +20,12 @@ BATCH = Transform("batch", lambda ts, ctx: ts[0].squeeze(0), lambda t, ctx: [t.u
 _HEADLESS, _CLASSIFIER = "ViTModel", "ViTForImageClassification"
 
 
-def table(args) -> list[tuple]:
-    """The classifier's rows (the base model under ``vit.``), or the headless model's (no
-    prefix, with the pooler)."""
-    base = "" if args.headless else "vit."
+def encoder_rows(base: str) -> list[tuple]:
+    """The rows every ViT-style model shares (patch projection, layers, final layer norm), HF
+    names starting with ``base`` (``"vit."``, ``"deit."``, or ``""`` in a headless model)."""
     hf_layer = base + "layers.{}."
     qkv = tuple(hf_layer + f"attention.{name}_proj" for name in "qkv")
-    head = (
-        weight_bias("mixins.pooler.dense", "pooler.dense")
-        if args.headless
-        else weight_bias("mixins.cls.classifier", "classifier")
-    )
     return [
-        ("transformer.word_embeddings.weight", base + "embeddings.cls_token", BATCH),
         ("transformer.position_embeddings.weight", base + "embeddings.position_embeddings", BATCH),
         *weight_bias("mixins.patch_embedding.proj", base + "embeddings.patch_embeddings.projection"),
         *weight_bias(_LAYER + "input_layernorm", hf_layer + "layernorm_before"),
@@ -43,8 +36,19 @@ def table(args) -> list[tuple]:
         *weight_bias(_LAYER + "mlp.dense_h_to_4h", hf_layer + "mlp.fc1"),
         *weight_bias(_LAYER + "mlp.dense_4h_to_h", hf_layer + "mlp.fc2"),
         *weight_bias("transformer.final_layernorm", base + "layernorm"),
-        *head,
     ]
+
+
+def table(args) -> list[tuple]:
+    """The classifier's rows (the base model under ``vit.``), or the headless model's (no
+    prefix, with the pooler)."""
+    base = "" if args.headless else "vit."
+    head = (
+        weight_bias("mixins.pooler.dense", "pooler.dense")
+        if args.headless
+        else weight_bias("mixins.cls.classifier", "classifier")
+    )
+    return [("transformer.word_embeddings.weight", base + "embeddings.cls_token", BATCH), *encoder_rows(base), *head]
 
 
 # Former name -> transformers 5 name, applied in order (attention.output.dense before output.dense).
@@ -68,20 +72,17 @@ def prepare_hf_state(state: dict, config) -> dict:
     return renamed
 
 
-def config_to_args(config) -> dict:
-    name = (config.architectures or [_CLASSIFIER])[0]
-    if name not in (_CLASSIFIER, _HEADLESS):
-        raise ValueError(f"{name} is not supported; sat translates {_CLASSIFIER} and {_HEADLESS}")
+def encoder_args(config, name: str) -> dict:
+    """The sat arguments of a ViT-style HF config (its ``hidden_act`` and ``qkv_bias`` checked)."""
     if config.hidden_act != "gelu":
-        raise ValueError(f"ViT with hidden_act={config.hidden_act!r} is not supported (exact GELU only)")
+        raise ValueError(f"{name} with hidden_act={config.hidden_act!r} is not supported (exact GELU only)")
     if not config.qkv_bias:
-        raise ValueError("ViT with qkv_bias=False is not supported")
+        raise ValueError(f"{name} with qkv_bias=False is not supported")
     image_size = config.image_size if isinstance(config.image_size, list | tuple) else [config.image_size] * 2
     return dict(
         num_layers=config.num_hidden_layers,
         hidden_size=config.hidden_size,
         num_attention_heads=config.num_attention_heads,
-        vocab_size=1,
         inner_hidden_size=config.intermediate_size,
         layernorm_epsilon=config.layer_norm_eps,
         hidden_dropout=config.hidden_dropout_prob,
@@ -89,31 +90,32 @@ def config_to_args(config) -> dict:
         layernorm_order="pre",
         image_size=list(image_size),
         patch_size=config.patch_size,
-        pre_len=1,
-        post_len=0,
         in_channels=config.num_channels,
         num_classes=config.num_labels,
-        headless=name == _HEADLESS,
     )
 
 
-def model_to_config(model):
-    from transformers import ViTConfig
+def config_to_args(config) -> dict:
+    name = (config.architectures or [_CLASSIFIER])[0]
+    if name not in (_CLASSIFIER, _HEADLESS):
+        raise ValueError(f"{name} is not supported; sat translates {_CLASSIFIER} and {_HEADLESS}")
+    return dict(**encoder_args(config, "ViT"), vocab_size=1, pre_len=1, post_len=0, headless=name == _HEADLESS)
 
+
+def encoder_config(model, special: tuple[int, int, int], what: str) -> dict:
+    """The HF config values of a ViT-style sat model, which must have ``special`` =
+    ``(pre_len, post_len, vocab_size)`` (``what`` names them in the error), pre-LN and GELU."""
     t, prop = model.transformer, model.transformer.property
-    if (prop.pre_len, prop.post_len, t.vocab_size) != (1, 0, 1):
+    if (prop.pre_len, prop.post_len, t.vocab_size) != special:
+        pre, post, vocab = special
         raise ValueError(
-            "ViTModel converts to transformers only with one [CLS] token: pre_len=1, post_len=0, vocab_size=1"
+            f"{type(model).__name__} converts to transformers only with {what}: "
+            f"pre_len={pre}, post_len={post}, vocab_size={vocab}"
         )
     if t.layernorm_order != "pre" or t.layers[0].mlp.activation_func is not F.gelu:
-        raise ValueError("ViTModel converts to transformers only pre-LN with exact GELU")
+        raise ValueError(f"{type(model).__name__} converts to transformers only pre-LN with exact GELU")
     height, width = prop.image_size
-    proj = model.get_mixin("patch_embedding").proj
-    headless = "cls" not in model.mixins
-    extra = dict(architectures=[_HEADLESS]) if headless else {}
-    if not headless:
-        extra = dict(architectures=[_CLASSIFIER], num_labels=model.get_mixin("cls").classifier.out_features)
-    return ViTConfig(
+    return dict(
         num_hidden_layers=t.num_layers,
         hidden_size=t.hidden_size,
         num_attention_heads=t.num_attention_heads,
@@ -124,10 +126,18 @@ def model_to_config(model):
         attention_probs_dropout_prob=t.layers[0].attention.attention_dropout.p,
         image_size=height if height == width else [height, width],
         patch_size=prop.patch_size,
-        num_channels=proj.in_channels,
+        num_channels=model.get_mixin("patch_embedding").proj.in_channels,
         qkv_bias=True,
-        **extra,
     )
+
+
+def model_to_config(model):
+    from transformers import ViTConfig
+
+    values = encoder_config(model, (1, 0, 1), "one [CLS] token")
+    if "cls" not in model.mixins:
+        return ViTConfig(**values, architectures=[_HEADLESS])
+    return ViTConfig(**values, architectures=[_CLASSIFIER], num_labels=model.get_mixin("cls").classifier.out_features)
 
 
 register_family(
