@@ -35,10 +35,10 @@ class ViTProperty:
 class ImagePatchEmbeddingMixin(BaseMixin):
     """``word_embedding_forward``: special tokens around the patch embeddings of ``image``."""
 
-    def __init__(self, in_channels: int, hidden_size: int, property: ViTProperty):
+    def __init__(self, in_channels: int, hidden_size: int, property: ViTProperty, bias: bool = True):
         super().__init__()
         size = property.patch_size
-        self.proj = torch.nn.Conv2d(in_channels, hidden_size, size, stride=size)
+        self.proj = torch.nn.Conv2d(in_channels, hidden_size, size, stride=size, bias=bias)
 
     def word_embedding_forward(self, input_ids, output_cross_layer, **kw_args):
         prop = self.transformer.property
@@ -106,6 +106,11 @@ class ViTModel(BaseModel):
         hidden_size = self.transformer.hidden_size
         self.add_mixin("patch_embedding", ImagePatchEmbeddingMixin(args.in_channels, hidden_size, property))
         self.add_mixin("pos_embedding", InterpolatedPositionEmbeddingMixin())
+        self.add_head(args, hidden_size)
+
+    def add_head(self, args, hidden_size: int) -> None:
+        """Add the mixin on the final hidden states: ``cls``, or ``pooler`` with ``--headless``.
+        A subclass with a head of its own (CLIP's ``ImageEncoder``) overrides this."""
         if getattr(args, "headless", False):
             self.add_mixin("pooler", BertPoolerMixin(hidden_size))
         else:
