@@ -7,19 +7,12 @@ HF's ``cls_token`` and ``distillation_token`` are sat's two word-embedding rows 
 
 from __future__ import annotations
 
-import torch
-
 from sat.hf.families.bert import weight_bias
-from sat.hf.families.vit import encoder_args, encoder_config, encoder_rows, prepare_hf_state
+from sat.hf.families.vit import encoder_args, encoder_config, encoder_rows, prepare_hf_state, tokens
 from sat.hf.family import Family, register_family
-from sat.hf.mapping import Transform
 
 # The two [1, 1, h] tokens stacked into the [2, h] word embeddings.
-TOKENS = Transform(
-    "tokens",
-    lambda ts, ctx: torch.cat([t.squeeze(0) for t in ts], dim=0),
-    lambda t, ctx: [t[0:1].unsqueeze(0).contiguous(), t[1:2].unsqueeze(0).contiguous()],
-)
+TOKENS = tokens(lambda ctx: [1, 1])
 _TEACHER, _CLASSIFIER, _HEADLESS = "DeiTForImageClassificationWithTeacher", "DeiTForImageClassification", "DeiTModel"
 
 

@@ -8,6 +8,9 @@ the map uses the new names and ``prepare_hf_state`` renames the former.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
+import torch
 import torch.nn.functional as F
 
 from sat.hf.families.bert import QKV, weight_bias
@@ -20,21 +23,54 @@ BATCH = Transform("batch", lambda ts, ctx: ts[0].squeeze(0), lambda t, ctx: [t.u
 _HEADLESS, _CLASSIFIER = "ViTModel", "ViTForImageClassification"
 
 
-def encoder_rows(base: str) -> list[tuple]:
-    """The rows every ViT-style model shares (patch projection, layers, final layer norm), HF
-    names starting with ``base`` (``"vit."``, ``"deit."``, or ``""`` in a headless model)."""
-    hf_layer = base + "layers.{}."
-    qkv = tuple(hf_layer + f"attention.{name}_proj" for name in "qkv")
+def tokens(sizes: Callable[[dict], Sequence[int]]) -> Transform:
+    """HF's special-token parameters (``[1, n_i, h]`` each: ``cls_token``, ``distillation_token``,
+    ``detection_tokens``) stacked into sat's word embeddings ``[sum n_i, h]``; ``sizes(ctx)``
+    gives the ``n_i`` for the way back."""
+    return Transform(
+        "tokens",
+        lambda ts, ctx: torch.cat([t.squeeze(0) for t in ts], dim=0),
+        lambda t, ctx: [part.unsqueeze(0).contiguous() for part in torch.split(t, list(sizes(ctx)), dim=0)],
+    )
+
+
+# HF's module names of a ViT layer in transformers 5, and before (which YOLOS still uses).
+NEW_NAMES = {
+    "layer": "layers.{}.",
+    "q": "attention.q_proj",
+    "k": "attention.k_proj",
+    "v": "attention.v_proj",
+    "o": "attention.o_proj",
+    "fc1": "mlp.fc1",
+    "fc2": "mlp.fc2",
+}
+FORMER_NAMES = {
+    "layer": "encoder.layer.{}.",
+    "q": "attention.attention.query",
+    "k": "attention.attention.key",
+    "v": "attention.attention.value",
+    "o": "attention.output.dense",
+    "fc1": "intermediate.dense",
+    "fc2": "output.dense",
+}
+
+
+def encoder_rows(base: str, names: dict = NEW_NAMES) -> list[tuple]:
+    """The rows every ViT-style model shares (position table, patch projection, layers, final
+    layer norm), HF names starting with ``base`` (``"vit."``, ``"deit."``, or ``""`` in a
+    headless model) and the layer's modules named by ``names``."""
+    hf_layer = base + names["layer"]
+    qkv = tuple(hf_layer + names[part] for part in "qkv")
     return [
         ("transformer.position_embeddings.weight", base + "embeddings.position_embeddings", BATCH),
         *weight_bias("mixins.patch_embedding.proj", base + "embeddings.patch_embeddings.projection"),
         *weight_bias(_LAYER + "input_layernorm", hf_layer + "layernorm_before"),
         (_LAYER + "attention.query_key_value.weight", tuple(k + ".weight" for k in qkv), QKV),
         (_LAYER + "attention.query_key_value.bias", tuple(k + ".bias" for k in qkv), QKV),
-        *weight_bias(_LAYER + "attention.dense", hf_layer + "attention.o_proj"),
+        *weight_bias(_LAYER + "attention.dense", hf_layer + names["o"]),
         *weight_bias(_LAYER + "post_attention_layernorm", hf_layer + "layernorm_after"),
-        *weight_bias(_LAYER + "mlp.dense_h_to_4h", hf_layer + "mlp.fc1"),
-        *weight_bias(_LAYER + "mlp.dense_4h_to_h", hf_layer + "mlp.fc2"),
+        *weight_bias(_LAYER + "mlp.dense_h_to_4h", hf_layer + names["fc1"]),
+        *weight_bias(_LAYER + "mlp.dense_4h_to_h", hf_layer + names["fc2"]),
         *weight_bias("transformer.final_layernorm", base + "layernorm"),
     ]
 
@@ -52,15 +88,7 @@ def table(args) -> list[tuple]:
 
 
 # Former name -> transformers 5 name, applied in order (attention.output.dense before output.dense).
-_RENAMES = (
-    ("encoder.layer.", "layers."),
-    ("attention.attention.query", "attention.q_proj"),
-    ("attention.attention.key", "attention.k_proj"),
-    ("attention.attention.value", "attention.v_proj"),
-    ("attention.output.dense", "attention.o_proj"),
-    ("intermediate.dense", "mlp.fc1"),
-    ("output.dense", "mlp.fc2"),
-)
+_RENAMES = tuple((FORMER_NAMES[part].replace("{}.", ""), NEW_NAMES[part].replace("{}.", "")) for part in NEW_NAMES)
 
 
 def prepare_hf_state(state: dict, config) -> dict:

@@ -18,6 +18,7 @@ from sat.model.official.qwen2_model import Qwen2Model
 from sat.model.official.roberta_model import RobertaModel
 from sat.model.official.t5_model import T5Model
 from sat.model.official.vit_model import ViTModel
+from sat.model.official.yolos_model import YOLOS
 
 __all__ = [
     "BertModel",
@@ -38,4 +39,5 @@ __all__ = [
     "RobertaModel",
     "T5Model",
     "ViTModel",
+    "YOLOS",
 ]

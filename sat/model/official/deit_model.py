@@ -54,5 +54,6 @@ class DeiTModel(ViTModel):
             help="one classifier on [CLS], no distillation classifier (HF's DeiTForImageClassification)",
         )
         parser = super().add_model_specific_args(parser)
-        parser.set_defaults(pre_len=2, vocab_size=2)  # [CLS] and the distillation token
+        # [CLS] and the distillation token; layer norm eps 1e-6 as DeiT's (timm's) own.
+        parser.set_defaults(pre_len=2, vocab_size=2, layernorm_epsilon=1e-6)
         return parser
