@@ -74,7 +74,8 @@ class EncoderDecoderModel(torch.nn.Module):
             if given is not None and not isinstance(given, BaseModel):
                 raise TypeError(f"EncoderDecoderModel expects BaseModel encoder/decoder, got {type(given).__name__}")
         self.encoder = encoder if encoder is not None else BaseModel(args, params_dtype=params_dtype, **kwargs)
-        self.encoder.add_mixin("final", EncoderFinalMixin())
+        if "final" not in self.encoder.mixins:  # an encoder class may carry it already (MAEEncoder)
+            self.encoder.add_mixin("final", EncoderFinalMixin())
         if decoder is None:
             decoder = BaseModel(decoder_args(args), params_dtype=params_dtype, is_decoder=True, **kwargs)
         self.decoder = decoder

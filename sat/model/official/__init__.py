@@ -12,6 +12,7 @@ from sat.model.official.gpt2_model import GPT2Model
 from sat.model.official.gptj_model import GPTJModel
 from sat.model.official.gptneo_model import GPTNeoModel
 from sat.model.official.llama_model import LLaMAModel
+from sat.model.official.mae_model import MAE
 from sat.model.official.mistral_model import MistralModel
 from sat.model.official.mixtral_model import MixtralModel
 from sat.model.official.qwen2_model import Qwen2Model
@@ -33,6 +34,7 @@ __all__ = [
     "GPTJModel",
     "GPTNeoModel",
     "LLaMAModel",
+    "MAE",
     "MistralModel",
     "MixtralModel",
     "Qwen2Model",
