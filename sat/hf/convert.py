@@ -70,7 +70,7 @@ def _read_source(source) -> tuple[object, dict[str, torch.Tensor]]:
 
 
 def _sat_args(family: Family, config) -> argparse.Namespace:
-    return get_model_class(family.sat_class).get_args(**family.config_to_args(config))
+    return get_model_class(family.sat_class_name(config)).get_args(**family.config_to_args(config))
 
 
 def hf_to_sat_state_dict(hf_state: Mapping[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
@@ -110,7 +110,7 @@ def from_hf(source, **overrides) -> tuple[torch.nn.Module, argparse.Namespace]:
         setattr(args, key, value)
     state_map = family.state_map(args)
     sat_state = state_map.hf_to_sat(family.prepare_hf_state(dict(hf_state), config), family.context(args))
-    model = get_meta_model(args, get_model_class(family.sat_class))  # the source supplies every weight
+    model = get_meta_model(args, get_model_class(family.sat_class_name(config)))  # the source supplies every weight
     missing, unexpected = load_state_dict_into(model, sat_state, resolve_device(args))
     missing = [key for key in missing if key not in state_map.sat_only]
     if missing or unexpected:

@@ -19,7 +19,10 @@ class Family:
     Attributes:
         name: short name (``"gpt2"``).
         model_types: the HF ``config.model_type`` values it handles; dispatch is by these only.
-        sat_class: the registered sat model class built from HF weights.
+        sat_class: the registered sat model class built from HF weights, or a function of the
+            HF config naming it (one HF model type, several sat classes: DPR's encoders and reader).
+        sat_classes: with a function ``sat_class``, every class it may name (``to_hf`` finds
+            the family of a sat model by its class).
         hf_class: the ``transformers`` class ``to_hf`` builds, or a function of the sat
             arguments naming it (a family with a headless variant).
         table: the declarative state-dict map (see ``sat.hf.mapping``), or a function of the
@@ -38,7 +41,7 @@ class Family:
 
     name: str
     model_types: tuple[str, ...]
-    sat_class: str
+    sat_class: str | Callable[[object], str]
     hf_class: str | Callable[[object], str]
     table: Sequence[tuple] | Callable[[object], Sequence[tuple]]
     config_to_args: Callable[[object], dict]
@@ -48,10 +51,15 @@ class Family:
     prepare_hf_state: Callable[[dict, object], dict] = lambda state, config: state
     finish_hf_state: Callable[[dict, object], dict] = lambda state, config: state
     ignore_hf: tuple[str, ...] = field(default=())
+    sat_classes: tuple[str, ...] = field(default=())
 
     def state_map(self, args) -> StateDictMap:
         table = self.table(args) if callable(self.table) else self.table
         return StateDictMap.build(table, self.num_layers(args), self.ignore_hf)
+
+    def sat_class_name(self, config) -> str:
+        """The sat class built from HF ``config``."""
+        return self.sat_class(config) if callable(self.sat_class) else self.sat_class
 
     def hf_class_name(self, args) -> str:
         """The ``transformers`` class for a sat model with arguments ``args``."""
@@ -95,7 +103,7 @@ def family_for_model_type(model_type: str) -> Family:
 
 def family_for_sat_model(model: torch.nn.Module) -> Family:
     """The family whose sat class ``model`` is (or subclasses)."""
-    by_class = {family.sat_class: family for family in families().values()}
+    by_class = {name: family for family in families().values() for name in family.sat_classes or (family.sat_class,)}
     for cls in type(model).__mro__:
         if cls.__name__ in by_class:
             return by_class[cls.__name__]

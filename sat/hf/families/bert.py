@@ -104,15 +104,16 @@ def encoder_args(config, head_class: str, headless_class: str) -> dict:
     )
 
 
-def encoder_config(model, config_class: str, head_class: str, headless_class: str):
+def encoder_config(model, config_class: str, head_class: str, headless_class: str, type_mixin: str = "bert-type"):
     """The HF config of sat ``BertModel``/``RobertaModel`` ``model``, naming the HF class it
-    converts to; raises where sat's model is configured in a way HF's cannot express."""
+    converts to; raises where sat's model is configured in a way HF's cannot express.
+    ``type_mixin``: the name of the model's token-type mixin."""
     import transformers
 
     t = model.transformer
     if t.layernorm_order != "post" or t.layers[0].mlp.activation_func is not F.gelu:
         raise ValueError(f"{type(model).__name__} converts to transformers only post-LN with exact GELU")
-    if "bert-type" not in model.mixins:
+    if type_mixin not in model.mixins:
         raise ValueError(
             f"{type(model).__name__} without token types (bert-type; the original library's RoBERTa) has no "
             f"transformers counterpart: {head_class} always adds a token-type embedding. Build it with "
@@ -131,7 +132,7 @@ def encoder_config(model, config_class: str, head_class: str, headless_class: st
         intermediate_size=t.inner_hidden_size or 4 * t.hidden_size,
         layer_norm_eps=t.layernorm_epsilon,
         hidden_act="gelu",
-        type_vocab_size=model.get_mixin("bert-type").type_embeddings.num_embeddings,
+        type_vocab_size=model.get_mixin(type_mixin).type_embeddings.num_embeddings,
         hidden_dropout_prob=t.layers[0].attention.output_dropout.p,
         attention_probs_dropout_prob=t.layers[0].attention.attention_dropout.p,
         **extra,

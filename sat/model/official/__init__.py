@@ -6,6 +6,7 @@ from sat.model.official.chatglm3_model import ChatGLM3Model
 from sat.model.official.chatglm4_model import ChatGLM4Model
 from sat.model.official.chatglm_model import ChatGLMModel
 from sat.model.official.deit_model import DeiTModel
+from sat.model.official.dpr_model import DPRContextEncoder, DPRQuestionEncoder, DPRReader
 from sat.model.official.glm130B_model import GLM130B
 from sat.model.official.glm_model import GLMModel
 from sat.model.official.gpt2_model import GPT2Model
@@ -27,6 +28,9 @@ __all__ = [
     "ChatGLM3Model",
     "ChatGLM4Model",
     "ChatGLMModel",
+    "DPRContextEncoder",
+    "DPRQuestionEncoder",
+    "DPRReader",
     "DeiTModel",
     "GLM130B",
     "GLMModel",
