@@ -5,6 +5,7 @@ from sat.model.official.chatglm2_model import ChatGLM2Model
 from sat.model.official.chatglm3_model import ChatGLM3Model
 from sat.model.official.chatglm4_model import ChatGLM4Model
 from sat.model.official.chatglm_model import ChatGLMModel
+from sat.model.official.clip_model import CLIP
 from sat.model.official.deit_model import DeiTModel
 from sat.model.official.dpr_model import DPRContextEncoder, DPRQuestionEncoder, DPRReader
 from sat.model.official.glm130B_model import GLM130B
@@ -24,6 +25,7 @@ from sat.model.official.yolos_model import YOLOS
 
 __all__ = [
     "BertModel",
+    "CLIP",
     "ChatGLM2Model",
     "ChatGLM3Model",
     "ChatGLM4Model",

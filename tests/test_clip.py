@@ -1,0 +1,177 @@
+"""CLIP (ImageEncoder + TextEncoder) and the clip family of sat.hf."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from distributed import gathered_grads, run_workers
+from model_checks import check_hf_round_trip, check_sat_model, check_unmatched_keys
+from transformers import CLIPConfig, CLIPModel
+
+from sat.hf import from_hf, to_hf
+from sat.model import AutoModel, get_model_class
+from sat.model.official import CLIP
+from sat.model.official.clip_model import ImageEncoder, TextEncoder
+from sat.training.model_io import save_checkpoint
+
+EOS = 98
+PIXELS = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+# Three captions ending (EOS, the highest id) at different places, padded with 0 after it.
+IDS = torch.randint(1, 97, (3, 8), generator=torch.Generator().manual_seed(1))
+LENGTHS = torch.tensor([8, 6, 4])
+PADDING = (torch.arange(8) < LENGTHS[:, None]).long()  # [3, 8], 1 = real token
+IDS[torch.arange(3), LENGTHS - 1] = EOS
+IDS = IDS * PADDING
+
+
+def hf_config(eos_token_id: int = EOS, **vision) -> CLIPConfig:
+    text = dict(vocab_size=99, hidden_size=24, num_attention_heads=4, num_hidden_layers=3, intermediate_size=48)
+    text.update(max_position_embeddings=12, eos_token_id=eos_token_id, bos_token_id=97, pad_token_id=0)
+    image = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=64, image_size=32)
+    return CLIPConfig(text_config=text, vision_config={**image, "patch_size": 8, **vision}, projection_dim=16)
+
+
+def randomized(hf: CLIPModel) -> CLIPModel:
+    """HF initialises layer norms to ones and biases to zeros: perturb every weight so that a
+    misplaced one shows."""
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for param in hf.parameters():
+            param.add_(0.1 * torch.randn(param.shape, generator=generator))
+    return hf.eval()
+
+
+def sat_outputs(model: CLIP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(image_embeds, text_embeds, logits_per_image)`` of the padded captions and the images."""
+    cls_ids = torch.zeros(PIXELS.shape[0], 1, dtype=torch.long)
+    mask = PADDING[:, None, None, :].float()  # [b, 1, 1, s]; the text tower adds causality
+    image, text, _, per_image = model(cls_ids, None, IDS, None, text_attention_mask=mask, image=PIXELS)
+    return image, text, per_image
+
+
+def hf_outputs(hf: CLIPModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out = hf(input_ids=IDS, attention_mask=PADDING, pixel_values=PIXELS)
+    return out.image_embeds, out.text_embeds, out.logits_per_image
+
+
+def flat(outputs) -> torch.Tensor:
+    return torch.cat([t.flatten() for t in outputs])
+
+
+@pytest.mark.parametrize("eos_token_id", [EOS, 2], ids=["eos-id", "legacy-highest-id"])
+def test_parity_with_transformers_both_ways(tmp_path, eos_token_id):
+    hf = randomized(CLIPModel(hf_config(eos_token_id)))
+    check_hf_round_trip(hf, lambda m: flat(sat_outputs(m)), lambda h: flat(hf_outputs(h)), tmp_path)
+    model, args = from_hf(hf)
+    assert args.text_eos_token_id == (-1 if eos_token_id == 2 else EOS)
+    assert (args.num_layers, args.text_num_layers, args.text_hidden_size) == (2, 3, 24)
+    with torch.no_grad():
+        for name, got, expected in zip(("image", "text", "logits_per_image"), sat_outputs(model), hf_outputs(hf)):
+            assert got.shape == expected.shape
+            difference = (got - expected).abs().max().item()
+            print(f"clip {name}: max abs difference {difference:.2e}")
+            assert difference <= 1e-5, name
+
+
+def test_unsupported_configs_and_unmatched_keys():
+    with pytest.raises(ValueError, match="hidden_act='gelu' is not supported"):
+        from_hf(CLIPModel(hf_config(hidden_act="gelu")))
+    with pytest.raises(ValueError, match="differ in layer_norm_eps"):
+        from_hf(CLIPModel(hf_config(layer_norm_eps=1e-6)))
+    with pytest.raises(ValueError, match="text_eos_token_id unset"):
+        to_hf(CLIP(tiny_args(text_eos_token_id=None)))
+    check_unmatched_keys(
+        CLIPModel(hf_config()), "text_model.encoder.layers.0.mlp.extra", "vision_model.encoder.layers.1.mlp.fc1.bias"
+    )
+
+
+def tiny_args(**overrides):
+    values = dict(
+        num_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        vocab_size=1,
+        image_size=[32, 32],
+        patch_size=8,
+        projection_dim=16,
+        text_vocab_size=100,  # splits over 2 model-parallel ranks
+        text_num_layers=3,
+        text_hidden_size=24,
+        text_max_sequence_length=12,
+        text_eos_token_id=EOS,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
+    return CLIP.get_args(**{**values, **overrides})
+
+
+def tiny_sat(**overrides) -> tuple[CLIP, object]:
+    args = tiny_args(**overrides)
+    torch.manual_seed(0)
+    return CLIP(args), args
+
+
+def test_towers_names_and_arguments():
+    model, args = tiny_sat()
+    assert get_model_class("CLIP") is CLIP and get_model_class("ImageEncoder") is ImageEncoder
+    assert isinstance(model.text_encoder, TextEncoder) and isinstance(model.image_encoder, ImageEncoder)
+    assert list(model.image_encoder.mixins) == ["pos_embedding", "image_enc", "patch_embedding"]
+    assert list(model.text_encoder.mixins) == ["text_enc"]
+    assert model.image_encoder.get_mixin("patch_embedding").proj.bias is None
+    image, text = model.image_encoder.transformer, model.text_encoder.transformer
+    assert (image.num_layers, image.hidden_size, image.max_sequence_length) == (2, 32, 1 + 16)
+    assert (text.num_layers, text.hidden_size, text.vocab_size, text.max_sequence_length) == (3, 24, 100, 12)
+    assert model.logit_scale.item() == pytest.approx(2.6592)
+    x = torch.linspace(-3, 3, 7)
+    assert torch.allclose(text.layers[0].mlp.activation_func(x), x * torch.sigmoid(1.702 * x))
+
+
+def test_text_pools_at_the_end_of_text_and_is_causal():
+    model, _ = tiny_sat()
+    model.eval()
+    with torch.no_grad():
+        embeds = model.encode_text(IDS, None)[0]
+        changed = IDS.clone()
+        changed[0, 3] = 5  # before row 0's end of text
+        changed[1, 7] = 5  # after row 1's
+        again = model.encode_text(changed, None)[0]
+        last = tiny_sat(text_eos_token_id=None)[0].eval().encode_text(IDS[1:2, :6], None)[0]
+    assert not torch.allclose(embeds[0], again[0])
+    assert torch.equal(embeds[1:], again[1:])  # a later token never reaches the pooled one
+    assert torch.allclose(last, embeds[1:2], atol=1e-6)  # unset: the last token, which is row 1's EOS
+
+
+def test_sat_model_trains_saves_and_reloads(tmp_path):
+    model, args = tiny_sat()
+    check_sat_model(model, args, lambda m: flat(sat_outputs(m)), tmp_path)
+    with open(os.path.join(args.save, "model_config.json")) as f:
+        config = json.load(f)
+    assert config["model_class"] == "CLIP"
+    assert (config["text_num_layers"], config["projection_dim"], config["text_eos_token_id"]) == (3, 16, EOS)
+    loaded, _ = CLIP.from_pretrained(tiny_args(), args.save)  # the original's argument order
+    assert torch.equal(loaded.logit_scale, model.logit_scale)
+
+
+def _mp_worker(rank: int, world: int, folder: str) -> dict:
+    model, args = AutoModel.from_pretrained(folder, overwrite_args={"model_parallel_size": world})
+    outputs = flat(sat_outputs(model))
+    outputs.square().mean().backward()
+    heads = model.text_encoder.transformer.layers[0].attention.query_key_value.weight.shape[0]
+    return {"outputs": outputs.detach(), "grads": gathered_grads(model), "qkv rows": heads}
+
+
+@pytest.mark.multiprocess
+def test_mp2_outputs_and_gradients_equal_mp1(tmp_path):
+    model, args = tiny_sat()
+    args.save = str(tmp_path)
+    save_checkpoint(1, model, None, None, args)
+    outputs = flat(sat_outputs(model))
+    outputs.square().mean().backward()
+    for result in run_workers(_mp_worker, 2, str(tmp_path)):
+        assert result["qkv rows"] == 3 * 24 // 2  # each rank holds half of the text tower's heads
+        assert (result["outputs"] - outputs).abs().max() < 1e-5
+        for name, param in model.named_parameters():
+            assert (result["grads"][name] - param.grad).abs().max() < 1e-5, name
