@@ -7,6 +7,7 @@ from sat.model.official.chatglm4_model import ChatGLM4Model
 from sat.model.official.chatglm_model import ChatGLMModel
 from sat.model.official.clip_model import CLIP
 from sat.model.official.deit_model import DeiTModel
+from sat.model.official.distill_model import DistillModel
 from sat.model.official.dpr_model import DPRContextEncoder, DPRQuestionEncoder, DPRReader
 from sat.model.official.glm130B_model import GLM130B
 from sat.model.official.glm_model import GLMModel
@@ -34,6 +35,7 @@ __all__ = [
     "DPRQuestionEncoder",
     "DPRReader",
     "DeiTModel",
+    "DistillModel",
     "GLM130B",
     "GLMModel",
     "GPT2Model",
