@@ -1,5 +1,5 @@
-"""``CompositeModel``: a plain ``torch.nn.Module`` made of several ``BaseModel``s (CLIP's two
-towers), with what ``BaseModel`` gives a model class: registration for ``AutoModel``,
+"""``CompositeModel``: a plain ``torch.nn.Module`` made of several ``BaseModel``s (an
+encoder and a decoder, CLIP's two towers), with what ``BaseModel`` gives a model class: registration for ``AutoModel``,
 ``get_args``, ``from_pretrained`` and the training calls forwarded to every part.
 """
 

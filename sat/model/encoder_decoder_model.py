@@ -8,12 +8,11 @@ two share one word embedding (``tie_word_embeddings``). Parameter names are ``en
 from __future__ import annotations
 
 import argparse
-import copy
 
 import torch
 
 from sat.model.base_model import BaseMixin, BaseModel
-from sat.model.registry import model_registry
+from sat.model.composite import CompositeModel, add_override_args, override_args
 from sat.ops.attention import CAUSAL_MASK
 
 # Arguments a ``--dec-<name>`` argument overrides for the decoder (else it copies the encoder).
@@ -37,18 +36,13 @@ class EncoderFinalMixin(BaseMixin):
 
 def decoder_args(args: argparse.Namespace) -> argparse.Namespace:
     """``args`` with every ``dec_<name>`` that is set replacing ``<name>``."""
-    dec_args = copy.copy(args)
-    for name in DECODER_OVERRIDES:
-        value = getattr(args, f"dec_{name}", None)
-        if value is not None:
-            setattr(dec_args, name, value)
+    dec_args = override_args(args, "dec", DECODER_OVERRIDES)
     if dec_args.hidden_size != args.hidden_size and getattr(args, "cross_attn_hidden_size", None) is None:
         dec_args.cross_attn_hidden_size = args.hidden_size  # keys and values come from the encoder
     return dec_args
 
 
-@model_registry.register
-class EncoderDecoderModel(torch.nn.Module):
+class EncoderDecoderModel(CompositeModel):
     """An encoder and a decoder ``BaseModel``; the decoder attends to the encoder's output.
 
     Args:
@@ -59,6 +53,8 @@ class EncoderDecoderModel(torch.nn.Module):
         params_dtype: dtype of the parameters.
         kwargs: passed to both ``BaseModel`` constructors (they override ``args``).
     """
+
+    parts = ("encoder", "decoder")
 
     def __init__(
         self,
@@ -88,11 +84,6 @@ class EncoderDecoderModel(torch.nn.Module):
                     f"decoder {tuple(self.decoder.transformer.word_embeddings.weight.shape)}"
                 )
             self.decoder.transformer.word_embeddings = shared
-
-    def __init_subclass__(cls, **kwargs):
-        # Not a BaseModel, so the registry's metaclass does not see subclasses: register here.
-        super().__init_subclass__(**kwargs)
-        model_registry.register(cls)
 
     # ----------------------------------------------------------------- running
     def encode(self, input_ids: torch.Tensor, position_ids, attention_mask=None, **kw_args) -> torch.Tensor:
@@ -165,34 +156,9 @@ class EncoderDecoderModel(torch.nn.Module):
         )
         return (encoder_outputs, decoder_outputs, *mems)
 
-    # ----------------------------------------------------------------- training
-    def reinit(self, mixin_names: list[str] | None = None) -> None:
-        """Re-initialise the named mixins of both halves (give them distinct names)."""
-        self.encoder.reinit(mixin_names)
-        self.decoder.reinit(mixin_names)
-
-    def disable_untrainable_params(self) -> None:
-        """Freeze what the encoder and the decoder freeze."""
-        self.encoder.disable_untrainable_params()
-        self.decoder.disable_untrainable_params()
-
     # ----------------------------------------------------------------- arguments and loading
     @classmethod
     def add_model_specific_args(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         group = parser.add_argument_group("EncoderDecoderModel", "decoder settings that differ from the encoder's")
-        for name in DECODER_OVERRIDES:
-            kind = str if name == "layernorm_order" else int
-            group.add_argument(f"--dec-{name.replace('_', '-')}", type=kind, default=None)
+        add_override_args(group, "dec", DECODER_OVERRIDES)
         return parser
-
-    # The same as BaseModel's, for this class.
-    list_avail_args = vars(BaseModel)["list_avail_args"]
-    get_args = vars(BaseModel)["get_args"]
-
-    @classmethod
-    def from_pretrained(cls, name, args: argparse.Namespace | None = None, **kwargs):
-        """``BaseModel.from_pretrained`` for this class: same arguments, returns
-        ``(model, args)``. The original's order ``from_pretrained(args, name)`` works too."""
-        if isinstance(name, argparse.Namespace):
-            name, args = args, name
-        return vars(BaseModel)["from_pretrained"].__func__(cls, name, args, **kwargs)

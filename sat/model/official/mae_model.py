@@ -229,7 +229,7 @@ class MAE(EncoderDecoderModel):
 
     @classmethod
     def get_args(cls, **kwargs):
-        args = vars(EncoderDecoderModel)["get_args"].__func__(cls, **kwargs)
+        args = super().get_args(**kwargs)
         args.max_sequence_length = ViTProperty(args.image_size, args.patch_size, args.pre_len, args.post_len).seq_len
         return args
 
