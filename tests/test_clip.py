@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
@@ -11,6 +12,7 @@ from distributed import gathered_grads, run_workers
 from model_checks import check_hf_round_trip, check_sat_model, check_unmatched_keys
 from transformers import CLIPConfig, CLIPModel
 
+import sat
 from sat.hf import from_hf, to_hf
 from sat.model import AutoModel, get_model_class
 from sat.model.official import CLIP
@@ -153,6 +155,32 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
     assert (config["text_num_layers"], config["projection_dim"], config["text_eos_token_id"]) == (3, 16, EOS)
     loaded, _ = CLIP.from_pretrained(tiny_args(), args.save)  # the original's argument order
     assert torch.equal(loaded.logit_scale, model.logit_scale)
+
+
+def test_the_original_inference_script_flow(tmp_path):
+    """examples/clip/inference_clip.py: CLIP's and ImageEncoder's arguments in one parser, the
+    common ones from sat.get_args, CLIP.from_pretrained(name, args), an extra offline=True."""
+    model, saved = tiny_sat()
+    saved.save = str(tmp_path)
+    save_checkpoint(1, model, None, None, saved)
+    parser = argparse.ArgumentParser(add_help=False)
+    parser = ImageEncoder.add_model_specific_args(CLIP.add_model_specific_args(parser))
+    known, rest = parser.parse_known_args(["--text-num-layers", "3", "--projection-dim", "16"])
+    args = argparse.Namespace(**vars(sat.get_args(rest)), **vars(known))
+    loaded, args = CLIP.from_pretrained(str(tmp_path), args)
+    assert args.text_num_layers == 3 and loaded.text_encoder.transformer.num_layers == 3
+    with torch.no_grad():
+        image, text, per_text, per_image = loaded.eval()(
+            torch.zeros(2, 1, dtype=torch.long),
+            torch.arange(17)[None],
+            IDS,
+            torch.arange(8)[None],
+            image=PIXELS,
+            offline=True,
+        )
+    assert per_text.shape == (3, 2) and torch.equal(per_image, per_text.t())
+    difference = (flat((image, text, per_image)) - flat(sat_outputs(model.eval()))).abs().max()
+    assert difference < 1e-6, difference  # unmasked padding: the causal mask hides it from the end of text
 
 
 def _mp_worker(rank: int, world: int, folder: str) -> dict:
