@@ -163,3 +163,19 @@ def test_unsupported_configs_and_unmatched_keys():
     with pytest.raises(ValueError, match="hidden_act='relu' is not supported"):
         from_hf(ViTMAEForPreTraining(hf_config(hidden_act="relu")))
     check_unmatched_keys(ViTMAEForPreTraining(hf_config()), "decoder.extra", "decoder.decoder_layers.0.mlp.fc1.bias")
+
+
+def test_activation_checkpointing_masks_the_same_patches_in_the_recomputation():
+    torch.manual_seed(0)
+    plain = MAE(sat_args())
+    checkpointed = MAE(sat_args(checkpoint_activations=True, checkpoint_num_layers=1))
+    checkpointed.load_state_dict(plain.state_dict())
+    assert checkpointed.encoder.transformer.checkpoint_activations
+    results = []
+    for model in (plain, checkpointed):
+        pred = reconstruct(model, image(), generator=torch.Generator().manual_seed(5))
+        pred.square().mean().backward()
+        results.append((pred, model.encoder.transformer.layers[0].mlp.dense_h_to_4h.weight.grad))
+    (pred_a, grad_a), (pred_b, grad_b) = results
+    assert torch.equal(pred_a, pred_b)
+    assert torch.allclose(grad_a, grad_b, atol=1e-7, rtol=0)
