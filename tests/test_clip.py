@@ -10,10 +10,10 @@ import pytest
 import torch
 from distributed import gathered_grads, run_workers
 from model_checks import check_hf_round_trip, check_sat_model, check_unmatched_keys
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPConfig, CLIPForImageClassification, CLIPModel
 
 import sat
-from sat.hf import from_hf, to_hf
+from sat.hf import from_hf, hf_to_sat_state_dict, to_hf
 from sat.model import AutoModel, get_model_class
 from sat.model.official import CLIP
 from sat.model.official.clip_model import ImageEncoder, TextEncoder
@@ -67,8 +67,8 @@ def flat(outputs) -> torch.Tensor:
 def test_parity_with_transformers_both_ways(tmp_path, eos_token_id):
     hf = randomized(CLIPModel(hf_config(eos_token_id)))
     check_hf_round_trip(hf, lambda m: flat(sat_outputs(m)), lambda h: flat(hf_outputs(h)), tmp_path)
-    model, args = from_hf(hf)
-    assert args.text_eos_token_id == (-1 if eos_token_id == 2 else EOS)
+    model, args = AutoModel.from_pretrained(str(tmp_path / "hf"))  # the directory save_hf wrote
+    assert type(model) is CLIP and args.text_eos_token_id == (-1 if eos_token_id == 2 else EOS)
     assert (args.num_layers, args.text_num_layers, args.text_hidden_size) == (2, 3, 24)
     with torch.no_grad():
         for name, got, expected in zip(("image", "text", "logits_per_image"), sat_outputs(model), hf_outputs(hf)):
@@ -81,13 +81,16 @@ def test_parity_with_transformers_both_ways(tmp_path, eos_token_id):
 def test_unsupported_configs_and_unmatched_keys():
     with pytest.raises(ValueError, match="hidden_act='gelu' is not supported"):
         from_hf(CLIPModel(hf_config(hidden_act="gelu")))
+    with pytest.raises(ValueError, match="CLIPForImageClassification is not supported"):
+        from_hf(CLIPForImageClassification(hf_config()))
     with pytest.raises(ValueError, match="differ in layer_norm_eps"):
         from_hf(CLIPModel(hf_config(layer_norm_eps=1e-6)))
     with pytest.raises(ValueError, match="text_eos_token_id unset"):
         to_hf(CLIP(tiny_args(text_eos_token_id=None)))
-    check_unmatched_keys(
-        CLIPModel(hf_config()), "text_model.encoder.layers.0.mlp.extra", "vision_model.encoder.layers.1.mlp.fc1.bias"
-    )
+    hf = CLIPModel(hf_config())
+    older = {**hf.state_dict(), "text_model.embeddings.position_ids": torch.arange(12)[None]}  # a buffer once saved
+    assert hf_to_sat_state_dict(older, hf.config).keys() == hf_to_sat_state_dict(hf.state_dict(), hf.config).keys()
+    check_unmatched_keys(hf, "text_model.encoder.layers.0.mlp.extra", "vision_model.encoder.layers.1.mlp.fc1.bias")
 
 
 def tiny_args(**overrides):

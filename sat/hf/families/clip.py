@@ -17,6 +17,7 @@ from sat.hf.family import Family, register_family
 from sat.hf.mapping import StateDictMap, Transform, concat
 from sat.model.official.clip_model import HIGHEST_ID, quick_gelu
 
+_CLASS = "CLIPModel"
 _LEGACY_EOS = 2  # transformers: eos_token_id 2 means "pool at the highest id"
 # HF's class embedding is a vector; sat's [CLS] a one-row embedding table.
 ROW = Transform("row", lambda ts, ctx: ts[0].unsqueeze(0), lambda t, ctx: [t.squeeze(0)])
@@ -82,6 +83,9 @@ def _check_towers(vision, text) -> None:
 
 
 def config_to_args(config) -> dict:
+    name = (config.architectures or [_CLASS])[0]
+    if name != _CLASS:
+        raise ValueError(f"{name} is not supported; sat translates {_CLASS}")
     vision, text = config.vision_config, config.text_config
     _check_towers(vision, text)
     return dict(
@@ -175,7 +179,7 @@ register_family(
         name="clip",
         model_types=("clip",),
         sat_class="CLIP",
-        hf_class="CLIPModel",
+        hf_class=_CLASS,
         table=(),
         config_to_args=config_to_args,
         model_to_config=model_to_config,
