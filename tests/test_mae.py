@@ -179,3 +179,13 @@ def test_activation_checkpointing_masks_the_same_patches_in_the_recomputation():
     (pred_a, grad_a), (pred_b, grad_b) = results
     assert torch.equal(pred_a, pred_b)
     assert torch.allclose(grad_a, grad_b, atol=1e-7, rtol=0)
+
+
+def test_saved_transformers_directory_loads_through_automodel(tmp_path):
+    hf = ViTMAEForPreTraining(hf_config()).eval()
+    hf.save_pretrained(tmp_path / "hf")  # transformers' own names, as on the Hub
+    model, args = AutoModel.from_pretrained(str(tmp_path / "hf"))
+    assert isinstance(model, MAE) and args.dec_hidden_size == 16
+    with torch.no_grad():
+        expected = hf(image(), noise=fixed_noise()).logits
+        assert (reconstruct(model, image(), noise=fixed_noise()) - expected).abs().max() <= 1e-5
