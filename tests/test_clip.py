@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import pytest
 import torch
 from distributed import gathered_grads, run_workers
-from model_checks import check_hf_round_trip, check_sat_model, check_unmatched_keys
+from model_checks import assert_recorded, check_hf_round_trip, check_sat_model, check_unmatched_keys
 from transformers import CLIPConfig, CLIPForImageClassification, CLIPModel
 
 import sat
@@ -18,6 +19,10 @@ from sat.model import AutoModel, get_model_class
 from sat.model.official import CLIP
 from sat.model.official.clip_model import ImageEncoder, TextEncoder
 from sat.training.model_io import save_checkpoint
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "original_sat")
+sys.path.insert(0, FIXTURE)
+from make_clip_fixtures import clip_outputs  # noqa: E402
 
 EOS = 98
 PIXELS = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -184,6 +189,17 @@ def test_the_original_inference_script_flow(tmp_path):
     assert per_text.shape == (3, 2) and torch.equal(per_image, per_text.t())
     difference = (flat((image, text, per_image)) - flat(sat_outputs(model.eval()))).abs().max()
     assert difference < 1e-6, difference  # unmasked padding: the causal mask hides it from the end of text
+
+
+def test_a_checkpoint_of_the_original_loads_with_its_outputs():
+    """Written by the original 0.4.12 (make_clip_fixtures.py): it pooled the last token and was
+    causal only through the mask it was given, which a full mask reproduces here."""
+    folder = os.path.join(FIXTURE, "written_by_original", "clip")
+    model, args = AutoModel.from_pretrained(folder)
+    assert type(model) is CLIP and args.text_eos_token_id is None
+    # The logits are scaled by exp(2.66) = 14.3: 1.5e-7 of rounding in the text tower (it makes
+    # the mask causal with another product) becomes 1.9e-6.
+    assert_recorded(clip_outputs(model), os.path.join(folder, "logits_by_original.pt"), atol=1e-5)
 
 
 def _mp_worker(rank: int, world: int, folder: str) -> dict:
