@@ -9,6 +9,8 @@ from sat.model.official.clip_model import CLIP
 from sat.model.official.deit_model import DeiTModel
 from sat.model.official.distill_model import DistillModel
 from sat.model.official.dpr_model import DPRContextEncoder, DPRQuestionEncoder, DPRReader
+from sat.model.official.eva_clip_model import EVA2CLIPModel
+from sat.model.official.glm4v_model import GLM4VModel
 from sat.model.official.glm130B_model import GLM130B
 from sat.model.official.glm_model import GLMModel
 from sat.model.official.gpt2_model import GPT2Model
@@ -36,7 +38,9 @@ __all__ = [
     "DPRReader",
     "DeiTModel",
     "DistillModel",
+    "EVA2CLIPModel",
     "GLM130B",
+    "GLM4VModel",
     "GLMModel",
     "GPT2Model",
     "GPTJModel",

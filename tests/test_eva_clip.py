@@ -1,0 +1,69 @@
+"""EVA2CLIPModel: checkpoints of the original 0.4.12 both ways, its layer order, and the checks
+every model class goes through."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+from model_checks import assert_recorded, check_sat_model, check_written_here_loads_in_original
+
+from sat.model import AutoModel
+from sat.model.official.eva_clip_model import EVA2CLIPModel  # the original's module path
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "original_zoo")
+sys.path.insert(0, FIXTURES)
+from make_eva_fixtures import TOWER, eva_inputs, eva_outputs  # noqa: E402
+
+IMAGE = eva_inputs()[0]  # [2, 3, 16, 16]
+
+
+def features(model: torch.nn.Module) -> torch.Tensor:
+    return model(torch.zeros(2, 1, dtype=torch.long), None, None, image=IMAGE)[0]  # [2, 16, 16]
+
+
+def test_checkpoint_of_the_original_loads_with_identical_outputs():
+    folder = os.path.join(FIXTURES, "written_by_original", "eva2clip")
+    model, _ = AutoModel.from_pretrained(folder)
+    assert type(model) is EVA2CLIPModel
+    assert list(model.mixins) == ["patch_embedding", "pos_embedding", "final", "newpost"]
+    assert_recorded(eva_outputs(model), os.path.join(folder, "logits_by_original.pt"), atol=1e-6)
+
+
+def test_checkpoint_written_here_loads_in_original(tmp_path):
+    check_written_here_loads_in_original(os.path.join(FIXTURES, "written_by_ours", "eva2clip"), eva_outputs, tmp_path)
+
+
+def test_exported_registered_and_original_argument_names():
+    import sat.model
+
+    assert sat.model.EVA2CLIPModel is EVA2CLIPModel and sat.model.get_model_class("EVA2CLIPModel") is EVA2CLIPModel
+    args = EVA2CLIPModel.get_args(**TOWER)
+    assert (args.pre_len, args.post_len, args.in_channels, args.max_sequence_length) == (1, 0, 3, 17)
+    assert not hasattr(args, "num_classes")  # no classifier: ViT's head arguments are not its own
+
+
+def test_layers_normalise_each_branch_output_and_drop_cls():
+    torch.manual_seed(0)
+    model = EVA2CLIPModel(EVA2CLIPModel.get_args(**{**TOWER, "num_layers": 1})).eval()
+    t, layer = model.transformer, model.transformer.layers[0]
+    with torch.no_grad():
+        x = torch.cat(
+            (
+                t.word_embeddings.weight[:1].expand(2, 1, -1),
+                model.mixins.patch_embedding.proj(IMAGE).flatten(2).transpose(1, 2),
+            ),
+            1,
+        )
+        x = x + t.position_embeddings.weight  # [2, 17, 16]
+        x = x + layer.input_layernorm(layer.attention(x, None, layer_id=0))
+        x = x + layer.post_attention_layernorm(layer.mlp(x, layer_id=0))
+        expected = t.final_layernorm(x)[:, 1:]  # [2, 16, 16]
+        assert (features(model) - expected).abs().max() < 1e-6
+
+
+def test_sat_model_trains_saves_and_reloads(tmp_path):
+    torch.manual_seed(0)
+    args = EVA2CLIPModel.get_args(**TOWER, drop_path=0.1)
+    check_sat_model(EVA2CLIPModel(args), args, features, tmp_path)
