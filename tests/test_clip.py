@@ -10,7 +10,13 @@ import sys
 import pytest
 import torch
 from distributed import gathered_grads, run_workers
-from model_checks import assert_recorded, check_hf_round_trip, check_sat_model, check_unmatched_keys
+from model_checks import (
+    assert_recorded,
+    check_hf_round_trip,
+    check_sat_model,
+    check_unmatched_keys,
+    check_written_here_loads_in_original,
+)
 from transformers import CLIPConfig, CLIPForImageClassification, CLIPModel
 
 import sat
@@ -200,6 +206,11 @@ def test_a_checkpoint_of_the_original_loads_with_its_outputs():
     # The logits are scaled by exp(2.66) = 14.3: 1.5e-7 of rounding in the text tower (it makes
     # the mask causal with another product) becomes 1.9e-6.
     assert_recorded(clip_outputs(model), os.path.join(folder, "logits_by_original.pt"), atol=1e-5)
+
+
+def test_a_checkpoint_written_here_loads_in_the_original(tmp_path):
+    """make_clip_fixtures.py's original-reads-ours step recorded what the original computes."""
+    check_written_here_loads_in_original(os.path.join(FIXTURE, "written_by_ours", "clip"), clip_outputs, tmp_path, 1e-5)
 
 
 def _mp_worker(rank: int, world: int, folder: str) -> dict:
