@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
 import torch
+from distributed import gathered_grads, run_workers
 from model_checks import assert_recorded, check_sat_model, check_written_here_loads_in_original
 
 from sat.model import AutoModel
 from sat.model.official.eva_clip_model import EVA2CLIPModel  # the original's module path
+from sat.training.model_io import save_checkpoint
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "original_zoo")
 sys.path.insert(0, FIXTURES)
@@ -67,3 +70,27 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
     torch.manual_seed(0)
     args = EVA2CLIPModel.get_args(**TOWER, drop_path=0.1)
     check_sat_model(EVA2CLIPModel(args), args, features, tmp_path)
+
+
+def _mp_worker(rank: int, world: int, folder: str) -> dict:
+    model, _ = AutoModel.from_pretrained(folder, overwrite_args={"model_parallel_size": world})
+    outputs = features(model)
+    outputs.square().mean().backward()
+    rows = model.transformer.layers[0].attention.query_key_value.weight.shape[0]
+    return {"outputs": outputs.detach(), "grads": gathered_grads(model), "qkv rows": rows}
+
+
+@pytest.mark.multiprocess
+def test_mp2_outputs_and_gradients_equal_mp1(tmp_path):
+    torch.manual_seed(0)
+    args = EVA2CLIPModel.get_args(**TOWER)
+    model = EVA2CLIPModel(args)
+    args.save = str(tmp_path)
+    save_checkpoint(1, model, None, None, args)
+    outputs = features(model)
+    outputs.square().mean().backward()
+    for result in run_workers(_mp_worker, 2, str(tmp_path)):
+        assert result["qkv rows"] == 3 * 16 // 2  # each rank holds one of the two heads
+        assert (result["outputs"] - outputs).abs().max() < 1e-5
+        for name, param in model.named_parameters():
+            assert (result["grads"][name] - param.grad).abs().max() < 1e-5, name
