@@ -1,6 +1,7 @@
 """The model zoo: one small file per family, each registered for ``AutoModel``."""
 
 from sat.model.official.bert_model import BertModel
+from sat.model.official.cait_model import CaiT, CaiTDecoder, CaiTEncoder
 from sat.model.official.chatglm2_model import ChatGLM2Model
 from sat.model.official.chatglm3_model import ChatGLM3Model
 from sat.model.official.chatglm4_model import ChatGLM4Model
@@ -29,6 +30,9 @@ from sat.model.official.yolos_model import YOLOS
 __all__ = [
     "BertModel",
     "CLIP",
+    "CaiT",
+    "CaiTDecoder",
+    "CaiTEncoder",
     "ChatGLM2Model",
     "ChatGLM3Model",
     "ChatGLM4Model",

@@ -40,9 +40,13 @@ class ImagePatchEmbeddingMixin(BaseMixin):
         size = property.patch_size
         self.proj = torch.nn.Conv2d(in_channels, hidden_size, size, stride=size, bias=bias)
 
+    def embed_patches(self, **kw_args) -> torch.Tensor:
+        """The patch embeddings of ``kw_args['image']``: ``[b, num_patches, h]``."""
+        return self.proj(kw_args["image"]).flatten(2).transpose(1, 2)  # [b, num_patches, h]
+
     def word_embedding_forward(self, input_ids, output_cross_layer, **kw_args):
         prop = self.transformer.property
-        patches = self.proj(kw_args["image"]).flatten(2).transpose(1, 2)  # [b, num_patches, h]
+        patches = self.embed_patches(**kw_args)  # [b, num_patches, h]
         pre = self.transformer.word_embeddings(input_ids[:, : prop.pre_len])  # [b, pre_len, h]
         post = self.transformer.word_embeddings(input_ids[:, prop.pre_len : prop.pre_len + prop.post_len])
         return torch.cat([pre, patches, post], dim=1)  # [b, seq_len, h]
