@@ -4,8 +4,10 @@ KV cache, the image's effect on the output, and LoRA on the language part only."
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
+import pytest
 import torch
 from lm_checks import to_fill, with_cache
 from model_checks import assert_recorded, check_sat_model, check_written_here_loads_in_original
@@ -15,6 +17,7 @@ from sat.model import AutoModel
 from sat.model.finetune import freeze_all_but
 from sat.model.finetune.lora2 import LoraMixin
 from sat.model.official.glm4v_model import GLM4VModel  # the original's module path
+from sat.training.model_io import save_checkpoint
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "original_zoo")
 sys.path.insert(0, FIXTURES)
@@ -102,6 +105,37 @@ def test_the_image_changes_the_output():
     assert (first[:, 8:] - other[:, 8:]).abs().max() > 1e-2  # the text after it reads it
     assert (first[:, 8:] - text[:, 8:]).abs().max() > 1e-2
     assert not torch.equal(cached_greedy(model, IMAGE[:1]), cached_greedy(model, IMAGE[1:]))
+
+
+def test_an_image_mask_of_the_wrong_size_is_refused():
+    model, _ = tiny()
+    short = IMAGE_MASK.clone()
+    short[:, 7] = 0  # 5 places for boi, 4 image tokens and eoi
+    with pytest.raises(ValueError, match=r"marks \[5, 5\] places per row; each image gives 6 embeddings"):
+        model(input_ids=IDS, image_embed_mask=short, **vision_kwargs(IMAGE))
+
+
+def test_without_eva_args_the_tower_loads_from_sat_home_and_is_recorded(tmp_path, monkeypatch):
+    tower = os.path.join(FIXTURES, "written_by_original", "eva2clip")
+    shutil.copytree(tower, tmp_path / "eva-clip-4b-14-x-drop-last-layer")
+    monkeypatch.setenv("SAT_HOME", str(tmp_path))
+    args = GLM4VModel.get_args(**{**GLM4V, "eva_args": {}})
+    model = GLM4VModel(args)
+    expected, _ = AutoModel.from_pretrained(tower)
+    assert all(torch.equal(p, q) for p, q in zip(model.mixins.eva.vit_model.parameters(), expected.parameters()))
+    assert args.eva_args["model_class"] == "EVA2CLIPModel" and args.eva_args["hidden_size"] == 16
+    args.save = str(tmp_path / "glm4v")
+    save_checkpoint(1, model, None, None, args)
+    monkeypatch.delenv("SAT_HOME")  # the reload builds the tower from model_config.json's eva_args
+    loaded, _ = AutoModel.from_pretrained(args.save)
+    assert torch.equal(logits(loaded.eval()), logits(model.eval()))
+
+
+def test_without_eva_args_a_missing_tower_checkpoint_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAT_HOME", str(tmp_path))
+    args = GLM4VModel.get_args(**{**GLM4V, "eva_args": {}})
+    with pytest.raises(ValueError, match="--eva_args is empty, so the EVA2-CLIP tower is loaded from .*eva-clip-4b"):
+        GLM4VModel(args)
 
 
 def test_lora_on_the_language_part_leaves_the_tower_frozen():

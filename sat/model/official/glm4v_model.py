@@ -90,6 +90,11 @@ class ImageMixin(BaseMixin):
             self.vit_model = EVA2CLIPModel(tower_args(args, args.eva_args))
         else:
             url = os.path.join(os.environ.get("SAT_HOME", os.path.expanduser("~/.sat_models")), DEFAULT_TOWER)
+            if not os.path.isdir(url):
+                raise ValueError(
+                    f"--eva_args is empty, so the EVA2-CLIP tower is loaded from {url}, which is not a "
+                    "directory: pass the tower's arguments as --eva_args (JSON) or put its checkpoint there"
+                )
             self.vit_model, vit_args = EVA2CLIPModel.from_pretrained(url, tower_args(args, {}))
             args.eva_args = extract_model_specific_args_to_dump(vit_args, self.vit_model)
         if args.proj_hidden_size is None:
@@ -132,6 +137,12 @@ class ImageMixin(BaseMixin):
         mask = kw_args["image_embed_mask"].bool()  # [b, s'], n ones per row
         if mask.shape[1] < input_ids.shape[1]:  # generation without a cache: text appended after the prompt
             mask = F.pad(mask, (0, input_ids.shape[1] - mask.shape[1]))
+        places = mask.sum(dim=1)  # [b]
+        if not bool((places == image.shape[1]).all()):
+            raise ValueError(
+                f"image_embed_mask marks {places.tolist()} places per row; each image gives {image.shape[1]} "
+                f"embeddings (boi, {image.shape[1] - 2} image tokens, eoi; --image_length is {self.image_length})"
+            )
         embeddings = embeddings.clone()
         embeddings[mask] = image.reshape(-1, image.shape[-1]).to(embeddings.dtype)
         return embeddings
