@@ -10,6 +10,7 @@ from sat.model.official.clip_model import CLIP
 from sat.model.official.deit_model import DeiTModel
 from sat.model.official.distill_model import DistillModel
 from sat.model.official.dpr_model import DPRContextEncoder, DPRQuestionEncoder, DPRReader
+from sat.model.official.eva2_model import EVA2Model
 from sat.model.official.eva_clip_model import EVA2CLIPModel
 from sat.model.official.glm4v_model import GLM4VModel
 from sat.model.official.glm130B_model import GLM130B
@@ -43,6 +44,7 @@ __all__ = [
     "DeiTModel",
     "DistillModel",
     "EVA2CLIPModel",
+    "EVA2Model",
     "GLM130B",
     "GLM4VModel",
     "GLMModel",
