@@ -23,7 +23,14 @@ import sat
 from sat.hf import from_hf, hf_to_sat_state_dict, to_hf
 from sat.model import AutoModel, get_model_class
 from sat.model.official import CLIP
-from sat.model.official.clip_model import ImageEncoder, TextEncoder
+from sat.model.official.clip_model import (
+    ImageEncoder,
+    ImageMixin,
+    PatchMixin,
+    QuickGELUActivation,
+    TextEncoder,
+    TextMixin,
+)
 from sat.training.model_io import save_checkpoint
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "original_sat")
@@ -143,6 +150,10 @@ def test_towers_names_and_arguments():
     assert model.logit_scale.item() == pytest.approx(2.6592)
     x = torch.linspace(-3, 3, 7)
     assert torch.allclose(text.layers[0].mlp.activation_func(x), x * torch.sigmoid(1.702 * x))
+    assert torch.equal(QuickGELUActivation()(x), text.layers[0].mlp.activation_func(x))
+    mixins = model.image_encoder.mixins
+    assert isinstance(mixins["image_enc"], ImageMixin) and isinstance(mixins["patch_embedding"], PatchMixin)
+    assert isinstance(model.text_encoder.get_mixin("text_enc"), TextMixin)
 
 
 def test_text_pools_at_the_end_of_text_and_is_causal():
