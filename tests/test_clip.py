@@ -182,6 +182,25 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
     assert torch.equal(loaded.logit_scale, model.logit_scale)
 
 
+class FrozenTextCLIP(CLIP):
+    """examples/clip's CLIP_wp: a subclass that trains the image tower only."""
+
+    def disable_untrainable_params(self):
+        self.text_encoder.requires_grad_(False)
+        self.logit_scale.requires_grad_(False)
+
+
+def test_a_subclass_is_registered_and_reloads_as_itself(tmp_path):
+    args = tiny_args()
+    model = FrozenTextCLIP(args)
+    model.disable_untrainable_params()
+    trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"image_encoder"}
+    args.save = str(tmp_path)
+    save_checkpoint(1, model, None, None, args)
+    assert type(AutoModel.from_pretrained(str(tmp_path))[0]) is FrozenTextCLIP
+
+
 def test_the_original_inference_script_flow(tmp_path):
     """examples/clip/inference_clip.py: CLIP's and ImageEncoder's arguments in one parser, the
     common ones from sat.get_args, CLIP.from_pretrained(name, args), an extra offline=True."""
