@@ -16,7 +16,7 @@ import torch
 from model_checks import assert_recorded, check_sat_model
 
 from sat.model import AutoModel
-from sat.model.official import CaiT, ViTModel
+from sat.model.official import CaiT, ViTModel, cait_model
 from sat.model.official.cait_model import AttnMixin
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "original_zoo")
@@ -105,3 +105,10 @@ def test_decoder_without_encoder_outputs_is_an_error():
     model = CaiT(CaiT.get_args(**CAIT))
     with pytest.raises(ValueError, match="encoder_outputs"):
         model.decoder(torch.zeros(2, 1, dtype=torch.long), None, None)
+
+
+def test_model_parallelism_is_an_error(monkeypatch):
+    """Talking heads mix every head, which a model-parallel rank does not hold."""
+    monkeypatch.setattr(cait_model, "get_model_parallel_world_size", lambda: 2)
+    with pytest.raises(ValueError, match="model parallelism"):
+        CaiT(CaiT.get_args(**CAIT))

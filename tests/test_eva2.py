@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from model_checks import assert_recorded, check_sat_model
 
 from sat.model import AutoModel
-from sat.model.official import EVA2Model
+from sat.model.official import EVA2Model, eva2_model
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "original_zoo")
 sys.path.insert(0, FIXTURES)
@@ -104,3 +104,9 @@ def test_rotary_leaves_the_class_token_alone():
 def test_unsupported_geometry_is_an_error(overrides, message):
     with pytest.raises(ValueError, match=message):
         EVA2Model(EVA2Model.get_args(**{**EVA2, **overrides}))
+
+
+def test_model_parallelism_is_an_error(monkeypatch):
+    monkeypatch.setattr(eva2_model, "get_model_parallel_world_size", lambda: 2)
+    with pytest.raises(ValueError, match="model parallelism"):
+        EVA2Model(EVA2Model.get_args(**EVA2))

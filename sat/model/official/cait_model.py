@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from sat.model.base_model import BaseMixin, BaseModel
 from sat.model.encoder_decoder_model import EncoderDecoderModel, decoder_args
 from sat.model.official.vit_model import ClsMixin, ViTModel
+from sat.mpu import get_model_parallel_world_size
 from sat.mpu.random import model_parallel_dropout_context
 
 
@@ -112,6 +113,8 @@ class CaiTEncoder(ViTModel):
     """The patch encoder: a ViT without head and final layer norm, with ``attn`` and ``enc_forward``."""
 
     def __init__(self, args, transformer=None, layernorm_epsilon: float = 1e-6, use_final_layernorm: bool = False):
+        if get_model_parallel_world_size() > 1:
+            raise ValueError("CaiT does not support model parallelism (talking heads mix all the heads)")
         super().__init__(
             args, transformer=transformer, layernorm_epsilon=layernorm_epsilon, use_final_layernorm=use_final_layernorm
         )
