@@ -34,7 +34,8 @@ def classify(model, pixels: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("writer", ["written_by_original", "written_by_ours"])
 def test_checkpoints_move_both_ways_with_the_original(writer):
-    """A checkpoint the original wrote loads here, one written here loads in the original: the
+    """The reference is the original 0.4.12 (timm is not importable here). A checkpoint the
+    original wrote loads here, one written here loads in the original: the
     encoder outputs and logits equal what the original computed (within 1e-6)."""
     model, args = AutoModel.from_pretrained(os.path.join(FIXTURES, writer, "cait"))
     assert type(model) is CaiT and args.dec_num_layers == 1 and args.init_scale == 0.5

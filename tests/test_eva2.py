@@ -39,7 +39,8 @@ def mask(*masked: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("writer", ["written_by_original", "written_by_ours"])
 def test_checkpoints_move_both_ways_with_the_original(writer):
-    """A checkpoint the original wrote loads here, one written here loads in the original: the
+    """The reference is the original 0.4.12 (timm is not importable here). A checkpoint the
+    original wrote loads here, one written here loads in the original: the
     predicted features, with and without masking, equal what the original computed (within 1e-6)."""
     model, args = AutoModel.from_pretrained(os.path.join(FIXTURES, writer, "eva2"))
     assert type(model) is EVA2Model and args.predict_feature_dim == 8
