@@ -18,7 +18,6 @@ from sat.model.base_model import BaseMixin, BaseModel, fill_model_arg_defaults
 from sat.model.composite import CompositeModel, add_override_args, override_args
 from sat.model.encoder_decoder_model import DECODER_OVERRIDES
 from sat.model.official.vit_model import ImagePatchEmbeddingMixin, ViTModel
-from sat.mpu import get_model_parallel_world_size
 from sat.ops.attention import CAUSAL_MASK
 from sat.ops.layernorm import LayerNorm
 
@@ -78,32 +77,18 @@ class PatchMixin(ImagePatchEmbeddingMixin):
 class ImageEncoder(ViTModel):
     """CLIP's image tower: ``forward(input_ids, position_ids, attention_mask, image=...)``
     returns ``[image_embeds [b, projection_dim], *output_per_layers]`` (not normalised);
-    ``input_ids`` is the [CLS] id, ``[b, 1]`` zeros."""
+    ``input_ids`` is the [CLS] id, ``[b, 1]`` zeros. Its [CLS] table is replicated under model
+    parallelism (``ViTModel.replicate_special_tokens``)."""
+
+    replicate_special_tokens = True
 
     def __init__(
         self, args, transformer=None, layernorm_epsilon: float | None = None, activation_func=quick_gelu, **kw
     ):
-        kw = tower_kwargs(layernorm_epsilon, activation_func, kw)
-        if transformer is None:
-            # The [CLS] table (one row) is too small to split over model-parallel ranks: build
-            # the backbone with a splittable size, then give it a replicated table of the real one.
-            world = get_model_parallel_world_size()
-            kw.setdefault("vocab_size", -(-args.vocab_size // world) * world)
-        super().__init__(args, transformer=transformer, **kw)
-        if transformer is None:
-            self._replicate_special_tokens(args.vocab_size, getattr(args, "skip_init", False))
+        super().__init__(args, transformer=transformer, **tower_kwargs(layernorm_epsilon, activation_func, kw))
         self.del_mixin("patch_embedding")
         patches = PatchMixin(args.in_channels, self.transformer.hidden_size, self.transformer.property)
         self.add_mixin("patch_embedding", patches)
-
-    def _replicate_special_tokens(self, vocab_size: int, skip_init: bool) -> None:
-        t = self.transformer
-        weight = t.word_embeddings.weight
-        table = torch.nn.Embedding(vocab_size, t.hidden_size, device=weight.device, dtype=weight.dtype)
-        if not skip_init and weight.device.type != "meta":
-            torch.nn.init.normal_(table.weight, mean=0.0, std=t.init_method_std)
-        t.word_embeddings = table
-        t.vocab_size = vocab_size
 
     def add_head(self, args, hidden_size: int) -> None:
         mixin = ImageMixin(hidden_size, args.projection_dim, self.transformer.layernorm_epsilon)

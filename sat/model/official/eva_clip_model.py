@@ -12,9 +12,7 @@ import torch
 
 from sat.model.base_model import BaseMixin
 from sat.model.layers import drop_path
-from sat.model.official.clip_model import ImageEncoder
 from sat.model.official.vit_model import ViTModel
-from sat.mpu import get_model_parallel_world_size
 
 
 class IdentityMixin(BaseMixin):
@@ -51,15 +49,7 @@ class EVA2CLIPModel(ViTModel):
     image=[b, c, H, W])`` returns ``[b, num_patches, hidden]``. Under model parallelism its
     ``[CLS]`` table (one row, too small to split) is replicated, as CLIP's image tower's."""
 
-    def __init__(self, args, transformer=None, **kwargs):
-        if transformer is None:  # build with a splittable table, then replace it
-            world = get_model_parallel_world_size()
-            kwargs.setdefault("vocab_size", -(-args.vocab_size // world) * world)
-        super().__init__(args, transformer=transformer, **kwargs)
-        if transformer is None:
-            self._replicate_special_tokens(args.vocab_size, getattr(args, "skip_init", False))
-
-    _replicate_special_tokens = ImageEncoder._replicate_special_tokens
+    replicate_special_tokens = True
 
     def add_head(self, args, hidden_size: int) -> None:
         self.add_mixin("final", IdentityMixin())

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from sat.model.base_model import BaseMixin, BaseModel
 from sat.model.official.bert_model import BertPoolerMixin
+from sat.mpu import get_model_parallel_world_size
 
 
 class ViTProperty:
@@ -99,18 +100,40 @@ class ClsMixin(BaseMixin):
 class ViTModel(BaseModel):
     """``max_sequence_length`` is not a free argument: ``pre_len + num_patches + post_len``.
     ``get_args`` computes it and building sets it on ``args``, as the original's constructor did
-    (scripts read ``args.max_sequence_length`` after building the model)."""
+    (scripts read ``args.max_sequence_length`` after building the model).
+
+    A subclass that sets ``replicate_special_tokens`` keeps the special-token table
+    (``transformer.word_embeddings``) whole on every model-parallel rank, a plain
+    ``torch.nn.Embedding``: a one-row ``[CLS]`` table cannot be split (CLIP, EVA-CLIP).
+    """
+
+    replicate_special_tokens = False
 
     def __init__(self, args, transformer=None, **kwargs):
         property = ViTProperty(args.image_size, args.patch_size, args.pre_len, args.post_len)
         kwargs.setdefault("activation_func", F.gelu)
         kwargs["max_sequence_length"] = args.max_sequence_length = property.seq_len
+        replicate = self.replicate_special_tokens and transformer is None
+        if replicate:  # build with a table the ranks can split, then replace it
+            world = get_model_parallel_world_size()
+            kwargs.setdefault("vocab_size", -(-args.vocab_size // world) * world)
         super().__init__(args, transformer=transformer, **kwargs)
+        if replicate:
+            self._replicate_special_tokens(args.vocab_size, getattr(args, "skip_init", False))
         self.transformer.property = property
         hidden_size = self.transformer.hidden_size
         self.add_mixin("patch_embedding", ImagePatchEmbeddingMixin(args.in_channels, hidden_size, property))
         self.add_mixin("pos_embedding", InterpolatedPositionEmbeddingMixin())
         self.add_head(args, hidden_size)
+
+    def _replicate_special_tokens(self, vocab_size: int, skip_init: bool) -> None:
+        t = self.transformer
+        weight = t.word_embeddings.weight
+        table = torch.nn.Embedding(vocab_size, t.hidden_size, device=weight.device, dtype=weight.dtype)
+        if not skip_init and weight.device.type != "meta":
+            torch.nn.init.normal_(table.weight, mean=0.0, std=t.init_method_std)
+        t.word_embeddings = table
+        t.vocab_size = vocab_size
 
     def add_head(self, args, hidden_size: int) -> None:
         """Add the mixin on the final hidden states: ``cls``, or ``pooler`` with ``--headless``.
