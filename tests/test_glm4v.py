@@ -113,6 +113,8 @@ def test_an_image_mask_of_the_wrong_size_is_refused():
     short[:, 7] = 0  # 5 places for boi, 4 image tokens and eoi
     with pytest.raises(ValueError, match=r"marks \[5, 5\] places per row; each image gives 6 embeddings"):
         model(input_ids=IDS, image_embed_mask=short, **vision_kwargs(IMAGE))
+    with pytest.raises(ValueError, match=r"vision inputs \['attention_mask', 'image', 'input_ids'\] given without"):
+        model(input_ids=IDS, **vision_kwargs(IMAGE))
 
 
 def test_without_eva_args_the_tower_loads_from_sat_home_and_is_recorded(tmp_path, monkeypatch):

@@ -133,6 +133,8 @@ class ImageMixin(BaseMixin):
         embeddings = self.transformer.word_embeddings(input_ids)  # [b, s, h]
         if input_ids.shape[1] == 1 or not vision_inputs:
             return embeddings
+        if kw_args.get("image_embed_mask") is None:
+            raise ValueError(f"vision inputs {sorted(vision_inputs)} given without image_embed_mask [b, s]")
         image = self.image_embeddings(vision_inputs)  # [b, n, h]
         mask = kw_args["image_embed_mask"].bool()  # [b, s'], n ones per row
         if mask.shape[1] < input_ids.shape[1]:  # generation without a cache: text appended after the prompt
