@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from model_checks import assert_recorded, check_sat_model
 
 from sat.model import AutoModel
@@ -113,3 +114,59 @@ def test_model_parallelism_is_an_error(monkeypatch):
     monkeypatch.setattr(cait_model, "get_model_parallel_world_size", lambda: 2)
     with pytest.raises(ValueError, match="model parallelism"):
         CaiT(CaiT.get_args(**CAIT))
+
+
+def heads(x: torch.Tensor, n: int) -> torch.Tensor:
+    return x.view(*x.shape[:2], n, -1).transpose(1, 2)  # [b, n, s, hn]
+
+
+def reference_logits(model: CaiT, pixels: torch.Tensor, n: int = 2) -> torch.Tensor:
+    """CaiT written out from the state dict, as timm computes it (timm itself is not importable),
+    except that the class-attention MLPs use the tanh-approximated GELU, as the original's
+    ``CaiTDecoder`` (a ``BaseModel`` with the default activation) does."""
+    p = model.state_dict()
+    enc, dec = "encoder.transformer.layers.", "decoder.transformer.layers."
+
+    def ln(x, name):
+        return F.layer_norm(x, x.shape[-1:], p[name + ".weight"], p[name + ".bias"], 1e-6)
+
+    def linear(x, name):
+        return F.linear(x, p[name + ".weight"], p[name + ".bias"])
+
+    def mlp(x, layer, approximate="none"):
+        hidden = F.gelu(linear(x, layer + "mlp.dense_h_to_4h"), approximate=approximate)
+        return linear(hidden, layer + "mlp.dense_4h_to_h")
+
+    proj = "encoder.mixins.patch_embedding.proj"
+    x = F.conv2d(pixels, p[proj + ".weight"], p[proj + ".bias"], stride=8).flatten(2).transpose(1, 2)
+    x = x + p["encoder.transformer.position_embeddings.weight"]
+    for i in range(2):
+        layer, mixes = f"{enc}{i}.", "encoder.mixins.attn."
+        qkv = linear(ln(x, layer + "input_layernorm"), layer + "attention.query_key_value")
+        q, k, v = (heads(t, n) for t in qkv.chunk(3, -1))
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # [b, n, s, s]
+        scores = linear(scores.permute(0, 2, 3, 1), f"{mixes}proj_l.{i}").permute(0, 3, 1, 2).softmax(-1)
+        probs = linear(scores.permute(0, 2, 3, 1), f"{mixes}proj_w.{i}").permute(0, 3, 1, 2)
+        out = linear((probs @ v).transpose(1, 2).flatten(2), layer + "attention.dense")
+        x = x + p[f"encoder.mixins.enc_forward.gamma_1.{i}"] * out
+        x = x + p[f"encoder.mixins.enc_forward.gamma_2.{i}"] * mlp(ln(x, layer + "post_attention_layernorm"), layer)
+    cls = p["decoder.transformer.word_embeddings.weight"][:1].expand(pixels.shape[0], 1, -1)  # [b, 1, h]
+    layer = f"{dec}0."
+    u = ln(torch.cat([cls, x], 1), layer + "input_layernorm")
+    q = heads(linear(u[:, :1], layer + "cross_attention.query"), n)
+    k, v = (heads(t, n) for t in linear(u, layer + "cross_attention.key_value").chunk(2, -1))
+    out = ((q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)).softmax(-1) @ v  # [b, n, 1, hn]
+    out = linear(out.transpose(1, 2).flatten(2), layer + "cross_attention.dense")
+    cls = cls + p["decoder.mixins.dec_forward.gamma_1.0"] * out
+    normed = ln(cls, layer + "post_cross_attention_layernorm")
+    cls = cls + p["decoder.mixins.dec_forward.gamma_2.0"] * mlp(normed, layer, approximate="tanh")
+    return linear(ln(cls, "decoder.transformer.final_layernorm")[:, 0], "decoder.mixins.cls.classifier")
+
+
+def test_matches_a_direct_implementation():
+    """The logits equal CaiT computed step by step from the same weights (within 1e-5)."""
+    model, _ = AutoModel.from_pretrained(os.path.join(FIXTURES, "written_by_original", "cait"))
+    pixels = image()
+    with torch.no_grad():
+        difference = (classify(model.eval(), pixels) - reference_logits(model, pixels)).abs().max()
+    assert difference < 1e-5, difference
