@@ -87,8 +87,9 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
     args = DeiTModel.get_args(
         num_layers=2, hidden_size=32, num_attention_heads=4, image_size=[32, 32], patch_size=8, num_classes=5
     )
-    assert (args.pre_len, args.vocab_size, args.max_sequence_length) == (2, 2, 18)
+    args.vocab_size = 100  # e.g. sat.get_args() defaults: the special tokens decide
     model = DeiTModel(args)
+    assert (args.pre_len, args.vocab_size, args.max_sequence_length) == (2, 2, 18)
     assert isinstance(model, ViTModel) and get_model_class("DeiTModel") is DeiTModel
     check_sat_model(model, args, lambda m: run(m, image()), tmp_path)
 
@@ -100,7 +101,7 @@ def test_bad_configurations_raise_naming_the_problem():
         from_hf(DeiTForImageClassificationWithTeacher(hf_config(hidden_act="relu")))
     with pytest.raises(ValueError, match="qkv_bias=False"):
         from_hf(DeiTForImageClassificationWithTeacher(hf_config(qkv_bias=False)))
-    args = DeiTModel.get_args(num_layers=1, hidden_size=32, num_attention_heads=4, post_len=1, vocab_size=3)
+    args = DeiTModel.get_args(num_layers=1, hidden_size=32, num_attention_heads=4, post_len=1)
     with pytest.raises(ValueError, match="distillation token: pre_len=2, post_len=0"):
         to_hf(DeiTModel(args))
     check_unmatched_keys(

@@ -60,6 +60,27 @@ def test_gpt2_pretraining_example_learns_saves_and_samples(tmp_path):
     assert isinstance(model, GPT2Model) and args.vocab_size == 256 and args.num_layers == 4
 
 
+@pytest.mark.slow
+def test_vit_classification_example_trains_a_deit_on_generated_images(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "examples/vit_classification/train.py", "--train-data", "train", "--valid-data", "valid",
+         "--train-iters", "20", "--batch-size", "32", "--lr", "2e-3", "--log-interval", "5", "--eval-iters", "2",
+         "--num-workers", "0", "--save", str(tmp_path / "checkpoints"), "--experiment-name", "tinted"],
+        cwd=ROOT, env=_launch_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    losses = [float(x) for x in re.findall(r"total loss (\S+) \|", result.stdout + result.stderr)]
+    assert len(losses) == 4 and losses[-1] < 0.2 * losses[0], losses
+    before, after = re.search(r"(\d+\.\d)% before -> (\d+\.\d)% after", result.stdout).groups()
+    assert float(before) < 50 and float(after) >= 95, result.stdout  # three classes: chance is 33%
+
+    from sat.model import AutoModel, DeiTModel
+
+    (experiment,) = [d for d in os.listdir(tmp_path / "checkpoints") if d != "runs"]
+    model, args = AutoModel.from_pretrained(str(tmp_path / "checkpoints" / experiment))
+    assert type(model) is DeiTModel and args.num_classes == 3 and args.image_size == [16, 16]
+
+
 def _launch_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]

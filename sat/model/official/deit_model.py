@@ -34,12 +34,16 @@ class DistilledClsMixin(BaseMixin):
 
 
 class DeiTModel(ViTModel):
-    """``ViTModel`` with ``pre_len=2`` (``[CLS]`` and the distillation token) and, unless
+    """``ViTModel`` with ``pre_len=2`` (``[CLS]`` and the distillation token), the word
+    embeddings holding just the special tokens (``vocab_size = pre_len + post_len``) and, unless
     ``--cls-only`` or ``--headless``, the two-classifier head ``DistilledClsMixin``."""
 
     def __init__(self, args, transformer=None, **kwargs):
         if args.pre_len < 2:
             raise ValueError(f"DeiT needs pre_len >= 2 ([CLS] and the distillation token), got {args.pre_len}")
+        # The vocabulary is the special tokens, whatever --vocab-size said (written back, as ViT
+        # writes back max_sequence_length).
+        kwargs["vocab_size"] = args.vocab_size = args.pre_len + args.post_len
         super().__init__(args, transformer=transformer, **kwargs)
         if "cls" in self.mixins and not args.cls_only:
             self.del_mixin("cls")
@@ -54,6 +58,5 @@ class DeiTModel(ViTModel):
             help="one classifier on [CLS], no distillation classifier (HF's DeiTForImageClassification)",
         )
         parser = super().add_model_specific_args(parser)
-        # [CLS] and the distillation token; layer norm eps 1e-6 as DeiT's (timm's) own.
-        parser.set_defaults(pre_len=2, vocab_size=2, layernorm_epsilon=1e-6)
+        parser.set_defaults(pre_len=2)  # [CLS] and the distillation token
         return parser

@@ -79,7 +79,8 @@ class DetHeadMixin(BaseMixin):
 class YOLOS(ViTModel):
     """``ViTModel`` with ``post_len = num_det_tokens`` detection tokens, ``NewTokenMixin`` as
     ``patch_embedding`` and ``DetHeadMixin`` (``det_head``) instead of ``cls``; the output is
-    the head's dict."""
+    the head's dict. ``vocab_size`` must be ``pre_len + num_det_tokens``, or, building from a
+    ViT checkpoint (``vocab_size=1``), grow to it with ``patch_embedding.reinit``."""
 
     def __init__(self, args, transformer=None, **kwargs):
         if args.post_len != args.num_det_tokens:
@@ -102,6 +103,5 @@ class YOLOS(ViTModel):
         group.add_argument("--num-det-tokens", type=int, default=100)
         group.add_argument("--num-det-classes", type=int, default=92, help="with the last, 'no object' (COCO: 91 + 1)")
         parser = super().add_model_specific_args(parser)
-        # As the original's constructor: layer norm eps 1e-6, [CLS] then the 100 detection tokens.
-        parser.set_defaults(layernorm_epsilon=1e-6, post_len=100, vocab_size=101)
+        parser.set_defaults(post_len=100)  # the 100 detection tokens after the patches
         return parser
