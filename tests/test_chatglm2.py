@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from distributed import gathered_grads, run_workers
+from distributed import assert_grads_equal, gathered_grads, run_workers
 from finetune_cases import VOCAB
 from lm_checks import check_batched_prompts, check_finetuning_reduces_the_loss, to_fill, uncached_greedy, with_cache
 from model_checks import assert_recorded, check_sat_model, check_written_here_loads_in_original
@@ -196,5 +196,4 @@ def test_mp2_logits_and_gradients_equal_mp1(tmp_path):
     for result in run_workers(_mp_worker, 2, str(tmp_path)):
         assert (result["logits"] - logits).abs().max() < 1e-5
         assert result["grads"].keys() == dict(model.named_parameters()).keys()
-        for name, param in model.named_parameters():
-            assert (result["grads"][name] - param.grad).abs().max() < 1e-5, name
+        assert_grads_equal(result["grads"], model)

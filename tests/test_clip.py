@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from distributed import gathered_grads, run_workers
+from distributed import assert_grads_equal, gathered_grads, run_workers
 from model_checks import (
     assert_recorded,
     check_hf_round_trip,
@@ -261,5 +261,4 @@ def test_mp2_outputs_and_gradients_equal_mp1(tmp_path):
     for result in run_workers(_mp_worker, 2, str(tmp_path)):
         assert result["qkv rows"] == 3 * 24 // 2  # each rank holds half of the text tower's heads
         assert (result["outputs"] - outputs).abs().max() < 1e-5
-        for name, param in model.named_parameters():
-            assert (result["grads"][name] - param.grad).abs().max() < 1e-5, name
+        assert_grads_equal(result["grads"], model)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from distributed import gathered_grads, run_workers
+from distributed import assert_grads_equal, gathered_grads, run_workers
 from lm_checks import (
     HF_TINY,
     IDS,
@@ -306,5 +306,4 @@ def test_mp2_logits_and_gradients_equal_mp1(tmp_path):
         assert result["world"] == 2 and result["expert shard"] == (INNER // 2, 32)
         assert (result["logits"] - logits).abs().max() < 1e-5
         assert (result["router"] - torch.stack(router_logits(per_layer))).abs().max() < 1e-5
-        for name, param in model.named_parameters():
-            assert (result["grads"][name] - param.grad).abs().max() < 1e-5, name
+        assert_grads_equal(result["grads"], model)

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from distributed import gathered_grads, run_workers
+from distributed import assert_grads_equal, gathered_grads, run_workers
 
 from sat import mpu
 from sat.model import AutoModel, BaseModel
@@ -131,8 +131,7 @@ def test_mp2_logits_and_gradients_equal_mp1(tmp_path, model_cls, overrides):
     results = run_workers(_model_worker, 2, str(tmp_path))
     for result in results:
         assert (result["logits"] - logits).abs().max() < 1e-5
-        for name, param in model.named_parameters():
-            assert (result["grads"][name] - param.grad).abs().max() < 1e-5, name
+        assert_grads_equal(result["grads"], model)
 
 
 def _reshard_worker(rank: int, world: int, source: str, target: str) -> None:
