@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_checks import check_sat_model
 
+from sat.model.official import Cuda2dModel
+from sat.model.official.cuda2d_model import sparse_attention_2d_light
 from sat.ops.local_attention import OUT_OF_GRID_SCORE, local_similarity, local_weighting
 
 
@@ -72,3 +75,122 @@ def test_local_attention_bad_sizes():
         local_similarity(x, x, 4, 3, causal=True)
     with pytest.raises(ValueError, match="not a multiple"):
         local_similarity(torch.zeros(1, 1, 5, 4), x, 3, 3)
+
+
+TINY = dict(
+    num_layers=2,
+    hidden_size=32,
+    num_attention_heads=2,
+    vocab_size=100,
+    max_sequence_length=8,
+    new_sequence_length=24,
+    layout="2,6,22",  # 2 text tokens, a 2x2 image, then a 4x4 image
+    kernel_size=3,
+    kernel_size2=3,
+)
+
+# The state-dict keys and shapes the original 0.4.12's Cuda2dModel has for TINY (read from it).
+ORIGINAL_MIXIN_KEYS = {
+    "mixins.extra_position_embedding.position_embeddings.weight": (16, 32),
+    **{f"mixins.attention_plus.query_key_value.{i}.weight": (96, 32) for i in range(2)},
+    **{f"mixins.attention_plus.query_key_value.{i}.bias": (96,) for i in range(2)},
+    **{f"mixins.attention_plus.dense.{i}.weight": (32, 32) for i in range(2)},
+    **{f"mixins.attention_plus.dense.{i}.bias": (32,) for i in range(2)},
+}
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 100, (2, 22), generator=gen)
+    # Positions: 0..5 in the backbone's table, then 0..15 in the extra one.
+    position_ids = torch.cat((torch.arange(6), torch.arange(16))).expand(2, -1)
+    mask = torch.ones(1, 1, 6, 6).tril()  # causal text and low-resolution image
+    return ids, position_ids, mask
+
+
+def _logits(model) -> torch.Tensor:
+    return model(*_inputs())[0]  # [b, s, vocab]
+
+
+def test_original_parameter_names():
+    model = Cuda2dModel(Cuda2dModel.get_args(**TINY))
+    state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert {k: v for k, v in state.items() if k.startswith("mixins.")} == ORIGINAL_MIXIN_KEYS
+    assert state["transformer.position_embeddings.weight"] == (8, 32)
+    assert state["transformer.layers.1.attention.query_key_value.weight"] == (96, 32)
+    assert model.layout == (2, 6, 22)
+
+
+def test_train_eval_reload(tmp_path):
+    args = Cuda2dModel.get_args(**TINY)
+    torch.manual_seed(0)
+    model = Cuda2dModel(args)
+    assert _logits(model.eval()).shape == (2, 22, 100)
+    check_sat_model(model, args, _logits, tmp_path)
+
+
+def test_high_resolution_tokens_are_causal_and_local():
+    """A change to high-resolution token 9 (row 2, col 1 of the 4x4 image) leaves the logits of
+    every earlier token unchanged, and those of later tokens outside its windows too."""
+    torch.manual_seed(0)
+    model = Cuda2dModel(Cuda2dModel.get_args(**{**TINY, "num_layers": 1})).eval()
+    ids, position_ids, mask = _inputs()
+    changed = ids.clone()
+    changed[:, 6 + 9] = (ids[:, 6 + 9] + 1) % 100
+    with torch.no_grad():
+        diff = (model(changed, position_ids, mask)[0] - model(ids, position_ids, mask)[0]).abs().amax(dim=(0, 2))
+    moved = [i - 6 for i in range(6, 22) if diff[i] > 0]
+    # One layer, causal 5x3 window: (2, 1) is seen by (2, 1), (2, 2) and the row below, columns 0..2.
+    assert moved == [9, 10, 12, 13, 14]
+    assert (diff[:6] == 0).all()
+
+
+def test_bad_layout():
+    with pytest.raises(ValueError, match="not square"):
+        Cuda2dModel(Cuda2dModel.get_args(**{**TINY, "layout": "2,7,22"}))
+    with pytest.raises(ValueError, match="new-sequence-length"):
+        Cuda2dModel(Cuda2dModel.get_args(**{**TINY, "new_sequence_length": 8}))
+
+
+def test_sparse_attention_equals_dense_masked_attention():
+    """``sparse_attention_2d_light`` is dense attention with the window masks written out: the
+    text and low-resolution image causally, each high-resolution query its 3x3 window of the
+    2x2 image (around its cell) and its causal 5x3 window of the 4x4 image, in one softmax."""
+    gen = torch.Generator().manual_seed(0)
+    b, n, hn, text_len, l0, l1 = 2, 2, 3, 1, 2, 4
+    s0, s1 = text_len + l0 * l0, l1 * l1
+    q0, k0, v0 = (torch.randn(b, s0, n * hn, generator=gen, dtype=torch.float64) for _ in range(3))
+    q1, k1, v1 = (torch.randn(b, s1, n * hn, generator=gen, dtype=torch.float64) for _ in range(3))
+    mask = torch.ones(s0, s0, dtype=torch.float64).tril()
+    context0, context1 = sparse_attention_2d_light(q0, k0, v0, q1, k1, v1, mask, n, text_len, 3, 3)
+
+    def dense(q, k, v, allowed):  # [b, sq, n*hn] x [b, sk, n*hn], allowed [sq, sk]
+        q, k, v = (x.view(b, x.shape[1], n, hn).transpose(1, 2) for x in (q, k, v))
+        scores = (q @ k.transpose(-1, -2) / hn**0.5).masked_fill(~allowed, float("-inf"))
+        return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, -1, n * hn)
+
+    allowed = torch.zeros(s1, l0 * l0 + s1, dtype=torch.bool)
+    for i in range(s1):
+        r, c = divmod(i, l1)
+        r0, c0 = r * l0 // l1, c * l0 // l1  # the low-resolution cell under the query
+        for j in range(l0 * l0):
+            allowed[i, j] = abs(j // l0 - r0) <= 1 and abs(j % l0 - c0) <= 1
+        for j in range(s1):
+            dr, dc = j // l1 - r, j % l1 - c
+            allowed[i, l0 * l0 + j] = -2 <= dr <= 0 and abs(dc) <= 1 and (dr < 0 or dc <= 0)
+    keys, values = torch.cat((k0[:, text_len:], k1), 1), torch.cat((v0[:, text_len:], v1), 1)
+    assert (context0 - dense(q0, k0, v0, mask.bool())).abs().max() <= 1e-6
+    assert (context1 - dense(q1, keys, values, allowed)).abs().max() <= 1e-6
+
+
+def test_reinit_copies_the_backbone():
+    """``reinit`` starts the mixins from the backbone: attention weights copied layer by layer,
+    the extra position table tiled with the backbone's last rows."""
+    model = Cuda2dModel(Cuda2dModel.get_args(**TINY))
+    model.reinit()
+    plus, layers = model.get_mixin("attention_plus"), model.transformer.layers
+    for i in range(2):
+        assert torch.equal(plus.query_key_value[i].weight, layers[i].attention.query_key_value.weight)
+        assert torch.equal(plus.dense[i].bias, layers[i].attention.dense.bias)
+    extra = model.get_mixin("extra_position_embedding").position_embeddings.weight  # [16, 32]
+    assert torch.equal(extra, model.transformer.position_embeddings.weight.repeat(2, 1))

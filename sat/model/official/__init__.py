@@ -7,6 +7,7 @@ from sat.model.official.chatglm3_model import ChatGLM3Model
 from sat.model.official.chatglm4_model import ChatGLM4Model
 from sat.model.official.chatglm_model import ChatGLMModel
 from sat.model.official.clip_model import CLIP
+from sat.model.official.cuda2d_model import Cuda2dModel
 from sat.model.official.deit_model import DeiTModel
 from sat.model.official.distill_model import DistillModel
 from sat.model.official.dpr_model import DPRContextEncoder, DPRQuestionEncoder, DPRReader
@@ -38,6 +39,7 @@ __all__ = [
     "ChatGLM3Model",
     "ChatGLM4Model",
     "ChatGLMModel",
+    "Cuda2dModel",
     "DPRContextEncoder",
     "DPRQuestionEncoder",
     "DPRReader",
