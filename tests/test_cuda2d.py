@@ -42,7 +42,12 @@ def _loop_attention(q, k, v, kernel_h, kernel_w, causal):
 
 @pytest.mark.parametrize(
     ("fine", "coarse", "kernel_h", "kernel_w", "causal"),
-    [((5, 5), (5, 5), 5, 3, True), ((4, 6), (4, 6), 3, 3, False), ((6, 4), (3, 2), 3, 3, False)],
+    [
+        ((5, 5), (5, 5), 5, 3, True),  # causal, as CogView2's (2k-1) x k window
+        ((4, 6), (4, 6), 3, 3, False),
+        ((6, 4), (3, 2), 3, 3, False),  # queries on a finer grid than the keys
+        ((4, 4), (4, 4), 2, 4, False),  # even sizes: offsets -1..0 and -2..1
+    ],
 )
 def test_local_attention_matches_loop(fine, coarse, kernel_h, kernel_w, causal):
     gen = torch.Generator().manual_seed(0)

@@ -32,7 +32,10 @@ def _windows(x: torch.Tensor, fine_hw: tuple[int, int], kernel_h: int, kernel_w:
     if fine_h % h or fine_w % w:
         raise ValueError(f"the query grid {fine_h}x{fine_w} is not a multiple of the key grid {h}x{w}")
     patch = window_size(kernel_h, kernel_w, causal)
-    cols = F.unfold(x, (kernel_h, kernel_w), padding=(kernel_h // 2, kernel_w // 2))  # [B, C*kh*kw, h*w]
+    # Offsets run from -(k // 2) to k - 1 - k // 2 (as the extension's), even sizes included.
+    rh, rw = kernel_h // 2, kernel_w // 2
+    padded = F.pad(x, (rw, kernel_w - 1 - rw, rh, kernel_h - 1 - rh))  # [B, C, h+kh-1, w+kw-1]
+    cols = F.unfold(padded, (kernel_h, kernel_w))  # [B, C*kh*kw, h*w]
     cols = cols.view(b, c, kernel_h * kernel_w, h, w)[:, :, :patch]  # [B, C, patch, h, w]
     # Each key-grid position serves an ah x aw block of queries.
     return cols.repeat_interleave(fine_h // h, dim=3).repeat_interleave(fine_w // w, dim=4)  # [B, C, patch, H, W]
