@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
-from model_checks import check_sat_model
+from model_checks import assert_recorded, check_sat_model
 
+from sat.model import AutoModel
 from sat.model.official import Cuda2dModel
 from sat.model.official.cuda2d_model import sparse_attention_2d_light
 from sat.ops.local_attention import OUT_OF_GRID_SCORE, local_similarity, local_weighting
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "original_zoo")
+sys.path.insert(0, FIXTURES)
+from make_cuda2d_fixtures import CUDA2D, inputs, outputs_of  # noqa: E402
 
 
 def _window(kernel_h: int, kernel_w: int, causal: bool) -> list[tuple[int, int]]:
@@ -82,17 +90,7 @@ def test_local_attention_bad_sizes():
         local_similarity(torch.zeros(1, 1, 5, 4), x, 3, 3)
 
 
-TINY = dict(
-    num_layers=2,
-    hidden_size=32,
-    num_attention_heads=2,
-    vocab_size=100,
-    max_sequence_length=8,
-    new_sequence_length=24,
-    layout="2,6,22",  # 2 text tokens, a 2x2 image, then a 4x4 image
-    kernel_size=3,
-    kernel_size2=3,
-)
+TINY = {**CUDA2D, "layout": "2,6,22"}  # 2 text tokens, a 2x2 image, then a 4x4 image
 
 # The state-dict keys and shapes the original 0.4.12's Cuda2dModel has for TINY (read from it).
 ORIGINAL_MIXIN_KEYS = {
@@ -104,17 +102,8 @@ ORIGINAL_MIXIN_KEYS = {
 }
 
 
-def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 100, (2, 22), generator=gen)
-    # Positions: 0..5 in the backbone's table, then 0..15 in the extra one.
-    position_ids = torch.cat((torch.arange(6), torch.arange(16))).expand(2, -1)
-    mask = torch.ones(1, 1, 6, 6).tril()  # causal text and low-resolution image
-    return ids, position_ids, mask
-
-
 def _logits(model) -> torch.Tensor:
-    return model(*_inputs())[0]  # [b, s, vocab]
+    return model(*inputs())[0]  # [b, s, vocab]
 
 
 def test_original_parameter_names():
@@ -139,7 +128,7 @@ def test_high_resolution_tokens_are_causal_and_local():
     every earlier token unchanged, and those of later tokens outside its windows too."""
     torch.manual_seed(0)
     model = Cuda2dModel(Cuda2dModel.get_args(**{**TINY, "num_layers": 1})).eval()
-    ids, position_ids, mask = _inputs()
+    ids, position_ids, mask = inputs()
     changed = ids.clone()
     changed[:, 6 + 9] = (ids[:, 6 + 9] + 1) % 100
     with torch.no_grad():
@@ -199,3 +188,14 @@ def test_reinit_copies_the_backbone():
         assert torch.equal(plus.dense[i].bias, layers[i].attention.dense.bias)
     extra = model.get_mixin("extra_position_embedding").position_embeddings.weight  # [16, 32]
     assert torch.equal(extra, model.transformer.position_embeddings.weight.repeat(2, 1))
+
+
+@pytest.mark.parametrize("writer", ["written_by_original", "written_by_ours"])
+def test_checkpoints_move_both_ways_with_the_original(writer):
+    """A checkpoint the original 0.4.12 wrote loads here, and one written here loads in the
+    original: the logits equal those the original computed (its local attention on a loop
+    stand-in for its CUDA extension, tests/fixtures/original_zoo/make_cuda2d_fixtures.py)."""
+    folder = os.path.join(FIXTURES, writer, "cuda2d")
+    model, args = AutoModel.from_pretrained(folder)
+    assert type(model) is Cuda2dModel and model.layout == (2, 6, 22)
+    assert_recorded(outputs_of(model), os.path.join(folder, "outputs_by_original.pt"))
