@@ -77,20 +77,23 @@ def test_sat_model_trains_saves_and_reloads(tmp_path):
     check_sat_model(EVA2CLIPModel(args), args, features, tmp_path)
 
 
+def probe_loss(outputs: torch.Tensor) -> torch.Tensor:
+    """A loss whose gradient is well conditioned. Not ``outputs.square().mean()``: the outputs
+    leave a LayerNorm, whose mean square is 1 whatever its input, so the gradients before it
+    would be rounding noise (MP1 and MP2 differed by 0.3% of their size)."""
+    probe = torch.randn(outputs.shape, generator=torch.Generator().manual_seed(1))
+    return (outputs * probe).mean()
+
+
 def _mp_worker(rank: int, world: int, folder: str) -> dict:
     model, _ = AutoModel.from_pretrained(folder, overwrite_args={"model_parallel_size": world})
     outputs = features(model)
-    outputs.square().mean().backward()
+    probe_loss(outputs).backward()
     rows = model.transformer.layers[0].attention.query_key_value.weight.shape[0]
     return {"outputs": outputs.detach(), "grads": gathered_grads(model), "qkv rows": rows}
 
 
 @pytest.mark.multiprocess
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, open in issue 16: at MP2 the outputs equal MP1's (7e-7) but every gathered "
-    "gradient differs by ~0.3% of its size (dense.bias 6.9e-6 of 3.0e-3)",
-)
 def test_mp2_outputs_and_gradients_equal_mp1(tmp_path):
     torch.manual_seed(0)
     args = EVA2CLIPModel.get_args(**TOWER)
@@ -98,10 +101,10 @@ def test_mp2_outputs_and_gradients_equal_mp1(tmp_path):
     args.save = str(tmp_path)
     save_checkpoint(1, model, None, None, args)
     outputs = features(model)
-    outputs.square().mean().backward()
+    probe_loss(outputs).backward()
     for result in run_workers(_mp_worker, 2, str(tmp_path)):
         assert result["qkv rows"] == 3 * 16 // 2  # each rank holds one of the two heads
         assert (result["outputs"] - outputs).abs().max() < 1e-5
         for name, param in model.named_parameters():
             relative = (result["grads"][name] - param.grad).abs().max() / param.grad.abs().max()
-            assert relative < 1e-4, (name, relative.item())
+            assert relative < 1e-5, (name, relative.item())
