@@ -113,7 +113,7 @@ class EVA2Model(BaseModel):
             raise ValueError(f"EVA2Model's rotary embedding needs a square image_size, got {args.image_size}")
         if get_model_parallel_world_size() > 1:
             raise ValueError("EVA2Model does not support model parallelism (its sub-LN spans the whole MLP)")
-        property = ViTProperty(args.image_size, args.patch_size, args.pre_len, args.post_len)
+        property = ViTProperty.from_args(args)
         args.max_sequence_length = property.seq_len
         super().__init__(args, transformer=transformer, **kwargs)
         self.property = self.transformer.property = property

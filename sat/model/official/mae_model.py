@@ -230,7 +230,7 @@ class MAE(EncoderDecoderModel):
     @classmethod
     def get_args(cls, **kwargs):
         args = super().get_args(**kwargs)
-        args.max_sequence_length = ViTProperty(args.image_size, args.patch_size, args.pre_len, args.post_len).seq_len
+        args.max_sequence_length = ViTProperty.from_args(args).seq_len
         return args
 
 

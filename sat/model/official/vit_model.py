@@ -32,6 +32,11 @@ class ViTProperty:
         self.post_len = post_len
         self.seq_len = pre_len + self.num_patches + post_len
 
+    @classmethod
+    def from_args(cls, args) -> ViTProperty:
+        """The geometry ``args`` describe (``image_size``, ``patch_size``, ``pre_len``, ``post_len``)."""
+        return cls(args.image_size, args.patch_size, args.pre_len, args.post_len)
+
 
 class ImagePatchEmbeddingMixin(BaseMixin):
     """``word_embedding_forward``: special tokens around the patch embeddings of ``image``."""
@@ -110,7 +115,7 @@ class ViTModel(BaseModel):
     replicate_special_tokens = False
 
     def __init__(self, args, transformer=None, **kwargs):
-        property = ViTProperty(args.image_size, args.patch_size, args.pre_len, args.post_len)
+        property = ViTProperty.from_args(args)
         kwargs.setdefault("activation_func", F.gelu)
         kwargs["max_sequence_length"] = args.max_sequence_length = property.seq_len
         replicate = self.replicate_special_tokens and transformer is None
@@ -162,5 +167,5 @@ class ViTModel(BaseModel):
     @classmethod
     def get_args(cls, **kwargs):
         args = super().get_args(**kwargs)
-        args.max_sequence_length = ViTProperty(args.image_size, args.patch_size, args.pre_len, args.post_len).seq_len
+        args.max_sequence_length = ViTProperty.from_args(args).seq_len
         return args
