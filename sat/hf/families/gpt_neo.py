@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from sat.hf.family import Family, register_family
-from sat.hf.heads import is_headless
+from sat.hf.heads import fill_tied_head, is_headless
 from sat.hf.mapping import Transform, concat, tied
 
 _LAYER = "transformer.layers.{}."
@@ -126,9 +126,7 @@ def model_to_config(model):
 
 
 def prepare_hf_state(state: dict, config) -> dict:
-    if not is_headless(config, _HEADLESS) and config.tie_word_embeddings:
-        state.setdefault("lm_head.weight", state["transformer.wte.weight"])  # tied, often not saved
-    return state
+    return fill_tied_head(state, config, _HEADLESS, "transformer.wte.weight")  # tied, often not saved
 
 
 register_family(

@@ -6,9 +6,8 @@ Both use the half-split ("rotate_half") rotary layout, so q/k need no permutatio
 
 from __future__ import annotations
 
-import torch
-
 from sat.hf.family import Family, register_family
+from sat.hf.heads import head_fields
 from sat.hf.mapping import concat
 
 _LAYER = "transformer.layers.{}."
@@ -132,11 +131,6 @@ def decoder_config_sizes(transformer) -> dict:
 def config_fields(model, head_class: str, headless_class: str) -> dict:
     """The HF config fields of a LLaMA-shaped sat ``model`` (one of the two classes named)."""
     t = model.transformer
-    if "lm" in model.mixins:
-        tied = torch.equal(model.get_mixin("lm").lm_head.weight, t.word_embeddings.weight)
-        head = dict(architectures=[head_class], tie_word_embeddings=bool(tied))
-    else:
-        head = dict(architectures=[headless_class])
     return dict(
         **decoder_config_sizes(t),
         rope_theta=t.rotary_base,
@@ -144,7 +138,7 @@ def config_fields(model, head_class: str, headless_class: str) -> dict:
         bos_token_id=model.bos_token_id,
         eos_token_id=model.eos_token_id,
         pad_token_id=None if model.pad_token_id == -1 else model.pad_token_id,
-        **head,
+        **head_fields(model, "lm", head_class, headless_class),
     )
 
 
