@@ -15,8 +15,10 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
 
 import torch
 
@@ -37,6 +39,7 @@ def _configure_logger() -> logging.Logger:
 
 
 logger = _configure_logger()
+T = TypeVar("T")
 
 
 def _as_level(level: int | str) -> int:
@@ -111,6 +114,18 @@ def get_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterable[T]:
+    """``iterable`` with a tqdm progress bar when one helps: on rank 0, with stderr a terminal and
+    the ``sat`` logger at INFO or lower (``SAT_LOGLEVEL=WARNING`` turns it off); else
+    ``iterable`` itself, so logs and CI output stay free of bar redraws."""
+    rank = _distributed_rank()
+    if rank not in (None, 0) or not sys.stderr.isatty() or logger.getEffectiveLevel() > logging.INFO:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
 
 
 def moved_names(module_name: str, moved: Mapping[str, str]) -> Callable[[str], object]:
