@@ -4,6 +4,7 @@ At model-parallel size 1 (no ``initialize_model_parallel`` call) every layer and
 works in a single process without ``torch.distributed``.
 """
 
+from sat.mpu.chunked_cross_entropy import chunked_cross_entropy
 from sat.mpu.cross_entropy import vocab_parallel_cross_entropy
 from sat.mpu.data import broadcast_data
 from sat.mpu.initialize import (
@@ -22,7 +23,14 @@ from sat.mpu.initialize import (
     initialize_model_parallel,
     model_parallel_is_initialized,
 )
-from sat.mpu.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding, vocab_parallel_logits
+from sat.mpu.layers import (
+    ColumnParallelLinear,
+    HeadInputs,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    deferred_vocab_logits,
+    vocab_parallel_logits,
+)
 from sat.mpu.mappings import (
     copy_to_model_parallel_region,
     gather_from_model_parallel_region,
@@ -40,11 +48,14 @@ from sat.mpu.utils import divide, scaled_init_method, split_tensor_along_last_di
 
 __all__ = [
     "ColumnParallelLinear",
+    "HeadInputs",
     "RowParallelLinear",
     "VocabParallelEmbedding",
     "broadcast_data",
     "checkpoint",
+    "chunked_cross_entropy",
     "copy_to_model_parallel_region",
+    "deferred_vocab_logits",
     "destroy_model_parallel",
     "divide",
     "gather_from_model_parallel_region",

@@ -18,6 +18,11 @@ allocates nothing.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch.nn.parameter import Parameter
@@ -39,12 +44,39 @@ def _parameter(shape: tuple[int, ...], dtype: torch.dtype, device) -> Parameter:
     return Parameter(torch.empty(shape, dtype=dtype, device=device))
 
 
+class HeadInputs(NamedTuple):
+    """What an output head was about to project: ``hidden [..., h]``, ``weight [vocab / mp, h]``
+    and ``bias [vocab / mp]`` or ``None`` (the arguments of ``chunked_cross_entropy``)."""
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
+_logits_deferred: contextvars.ContextVar[bool] = contextvars.ContextVar("sat_logits_deferred", default=False)
+
+
+@contextlib.contextmanager
+def deferred_vocab_logits() -> Iterator[None]:
+    """Make ``vocab_parallel_logits`` (every vocabulary head of the zoo) return ``HeadInputs``
+    instead of logits while inside, so that a model's output is what its head would project and
+    the loss can be computed from it a chunk at a time."""
+    token = _logits_deferred.set(True)
+    try:
+        yield
+    finally:
+        _logits_deferred.reset(token)
+
+
 def vocab_parallel_logits(
     hidden: torch.Tensor, weight: torch.Tensor, parallel_output: bool, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Project ``hidden [..., h]`` onto a vocabulary whose rows ``weight [vocab / mp, h]`` (and
     ``bias [vocab / mp]``, if any) are split across model-parallel ranks; the full
-    ``[..., vocab]`` unless ``parallel_output``."""
+    ``[..., vocab]`` unless ``parallel_output``. Inside ``deferred_vocab_logits()``, the inputs
+    as ``HeadInputs`` instead."""
+    if _logits_deferred.get():
+        return HeadInputs(hidden, weight, bias)
     logits = linear(copy_to_model_parallel_region(hidden), weight, bias)  # [..., vocab / mp]
     return logits if parallel_output else gather_from_model_parallel_region(logits)
 
