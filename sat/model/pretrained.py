@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+from functools import partial
 
 import torch
 
 from sat.arguments import overwrite_args_by_dict, update_args_with_file
 from sat.checkpoint import is_hf_directory, load_checkpoint, model_config_path
+from sat.checkpoint.broadcast import share_from_rank0
 from sat.model.build import get_meta_model, get_model
-from sat.runtime import ensure_model_parallel, reset_model_parallel
+from sat.runtime import check_if_zero3, ensure_model_parallel, reset_model_parallel
 
 
 def resolve_checkpoint_dir(name: str, home_path: str | None = None, url: str | None = None) -> str:
@@ -43,14 +45,24 @@ def load_pretrained(
 ) -> tuple[torch.nn.Module, argparse.Namespace]:
     """Shared body of ``BaseModel.from_pretrained`` and ``AutoModel.from_pretrained``: build
     ``model_cls`` from the checkpoint ``name`` and load it. ``model_cls`` may be None only for a
-    ``transformers`` directory, whose config says what to build. Returns ``(model, args)``."""
-    model_dir = resolve_checkpoint_dir(name, home_path, url)
-    if is_hf_directory(model_dir):
-        return _load_hf_directory(model_cls, model_dir, overwrite_args, build_only)
+    ``transformers`` directory, whose config says what to build. Returns ``(model, args)``.
+    ``from_rank0=True`` (a keyword) in a multi-process run: only global rank 0 opens the
+    checkpoint's files, the others build on ``meta`` and receive their part by collectives."""
+    from_rank0 = _from_rank0(kwargs.pop("from_rank0", False))
+    if from_rank0:
+        model_dir, file_args = share_from_rank0(partial(_sat_config_on_rank0, name, home_path, url))
+    else:
+        model_dir, file_args = resolve_checkpoint_dir(name, home_path, url), None
+        if is_hf_directory(model_dir):
+            return _load_hf_directory(model_cls, model_dir, overwrite_args, build_only)
     if model_cls is None:
         raise ValueError(f"load_pretrained needs the model class to build from the sat checkpoint {model_dir}")
     fill_defaults = args is None
-    args = update_args_with_file(args if args is not None else argparse.Namespace(), model_config_path(model_dir))
+    args = args if args is not None else argparse.Namespace()
+    if file_args is None:
+        args = update_args_with_file(args, model_config_path(model_dir))
+    else:
+        args = argparse.Namespace(**{**vars(args), **file_args})
     args = overwrite_args_by_dict(args, overwrite_args)
     if fill_defaults and hasattr(model_cls, "get_args"):
         for key, value in vars(model_cls.get_args()).items():
@@ -67,13 +79,45 @@ def load_pretrained(
     else:
         ensure_model_parallel(getattr(args, "model_parallel_size", 1))
     # Build on the meta device and let the checkpoint's tensors become the weights: no random
-    # initialisation, no second copy of the model in memory.
+    # initialisation, no second copy of the model in memory. Under ZeRO-3 each rank builds only
+    # its partitions (deepspeed.zero.Init) and the checkpoint loads into them layer by layer.
     build_args = copy.copy(args)
-    model = (get_model if build_only else get_meta_model)(build_args, model_cls, **kwargs)
+    build = get_model if build_only or check_if_zero3(args) else get_meta_model
+    model = build(build_args, model_cls, **kwargs)
     args.device = build_args.device
     if not build_only:
-        load_checkpoint(model, args, load_path=model_dir, prefix=prefix, specific_iteration=specific_iteration)
+        load_checkpoint(
+            model, args, load_path=model_dir, prefix=prefix, specific_iteration=specific_iteration,
+            from_rank0=from_rank0,
+        )  # fmt: skip
     return model, args
+
+
+def _from_rank0(requested: bool) -> bool:
+    """Whether ``from_rank0`` applies: asked for, in a running multi-process group (one process
+    simply loads)."""
+    if not requested:
+        return False
+    if not torch.distributed.is_initialized():
+        if int(os.getenv("WORLD_SIZE", "1")) > 1:
+            raise ValueError(
+                "from_rank0=True needs torch.distributed started before from_pretrained (sat.get_args(), or "
+                "torch.distributed.init_process_group); this run has WORLD_SIZE > 1 but no process group"
+            )
+        return False
+    return torch.distributed.get_world_size() > 1
+
+
+def _sat_config_on_rank0(name: str, home_path: str | None, url: str | None) -> tuple[str, dict]:
+    """Rank 0's part of ``from_rank0``: the checkpoint directory and its ``model_config.json``
+    as arguments (paths in it resolved as ``update_args_with_file`` resolves them)."""
+    model_dir = resolve_checkpoint_dir(name, home_path, url)
+    if is_hf_directory(model_dir):
+        raise ValueError(
+            f"from_rank0 loads sat checkpoints; {model_dir} is a transformers directory: convert it once "
+            "(sat.hf.from_hf, then save_checkpoint) or load it without from_rank0"
+        )
+    return model_dir, vars(update_args_with_file(argparse.Namespace(), model_config_path(model_dir)))
 
 
 def _load_hf_directory(model_cls, model_dir: str, overwrite_args: dict | None, build_only: bool):
