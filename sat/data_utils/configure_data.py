@@ -59,7 +59,19 @@ def should_split(split: Sequence[float]) -> bool:
 
 
 def _scale(needed_samples: int, length: int) -> int:
+    if length == 0:
+        raise ValueError("a dataset part has no samples: a smaller --split share or more data is needed")
     return max(_MIN_SCALE, math.ceil(needed_samples / length))
+
+
+def _create(create_dataset_function: Callable, path: str, args) -> Dataset:
+    """``create_dataset_function(path, args)``, refusing an empty map-style dataset by name."""
+    ds = create_dataset_function(path, args)
+    if not isinstance(ds, IterableDataset) and len(ds) == 0:
+        raise ValueError(
+            f"create_dataset_function returned an empty dataset for {path!r}: nothing to train or evaluate on"
+        )
+    return ds
 
 
 def _train_samples_needed(args) -> int:
@@ -129,7 +141,7 @@ def make_dataset_full(
             raise ValueError("iterable datasets cannot be split: give --valid-data/--test-data and --split 1")
         return _iterable_dataset(path, args, create_dataset_function, dataset_weights)
     if split is None or not should_split(split):
-        ds = ConcatDataset([create_dataset_function(p, args) for p in path], weights=dataset_weights)
+        ds = ConcatDataset([_create(create_dataset_function, p, args) for p in path], weights=dataset_weights)
         if not random_mapping:
             return ds
         return _train_wrapper(ds, args) if is_train_data else _eval_wrapper(ds, args)
@@ -137,7 +149,9 @@ def make_dataset_full(
     # Split each dataset first, then weight and concatenate: the parts never overlap.
     parts: list[list[Dataset]] = [[], [], []]
     for p in path:
-        for i, part in enumerate(split_ds(create_dataset_function(p, args), split, args.block_size, args.seed)):
+        for i, part in enumerate(
+            split_ds(_create(create_dataset_function, p, args), split, args.block_size, args.seed)
+        ):
             if part is not None:
                 parts[i].append(part)
     train, valid, test = (ConcatDataset(p, weights=dataset_weights) if p else None for p in parts)
