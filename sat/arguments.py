@@ -188,6 +188,18 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument("--load", type=str, default=None, help="directory holding a checkpoint to load")
     group.add_argument("--force-train", action="store_true", help="train even if checkpoint keys are missing")
     group.add_argument("--save-interval", type=int, default=5000, help="iterations between checkpoints")
+    group.add_argument(
+        "--checkpoint-format",
+        default="pt",
+        choices=["pt", "safetensors"],
+        help="model files of saved checkpoints: pt (the original's mp_rank_XX_model_states.pt) or safetensors",
+    )
+    group.add_argument(
+        "--max-shard-size",
+        default="5GB",
+        help="with --checkpoint-format safetensors, split each rank's weights into shards of at most this "
+        "size (bytes, or e.g. 500MB, 2GiB)",
+    )
     group.add_argument("--no-save-rng", action="store_true", help="do not save random states")
     group.add_argument("--no-load-rng", action="store_true", help="do not restore random states")
     group.add_argument("--resume-dataloader", action="store_true", help="resume the data position on --load")

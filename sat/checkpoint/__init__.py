@@ -14,10 +14,12 @@ is ``sat.training.checkpointing``'s job.
 
 One job per module: ``layout`` (names and directories), ``atomic`` (writes), ``reading`` (safe
 reads), ``model_config`` (the ``model_config.json`` schema), ``state_dict`` (loading tensors into
-a module), ``rng`` (random states), ``loading`` (``load_checkpoint``), ``saving`` (a plain module).
+a module), ``rng`` (random states), ``loading`` (``load_checkpoint``), ``saving`` (a plain module),
+``writing`` (a rank's checkpoint as ``.pt`` or safetensors), ``safetensors_files`` (sharded safetensors, written
+tensor by tensor and read memory-mapped).
 """
 
-from sat.checkpoint.atomic import atomic_torch_save, atomic_write_text
+from sat.checkpoint.atomic import atomic_torch_save, atomic_write, atomic_write_text
 from sat.checkpoint.errors import CheckpointError
 from sat.checkpoint.layout import (
     MODEL_CONFIG,
@@ -25,11 +27,14 @@ from sat.checkpoint.layout import (
     get_checkpoint_name,
     get_checkpoint_tracker_filename,
     is_hf_directory,
+    is_shard_path,
     model_config_path,
+    model_states_stem,
     read_latest,
     rng_states_path,
     saved_model_parallel_size,
     shard_path,
+    split_shard_path,
 )
 from sat.checkpoint.loading import load_checkpoint
 from sat.checkpoint.model_config import (
@@ -37,12 +42,35 @@ from sat.checkpoint.model_config import (
     extract_model_specific_args_to_dump,
     save_model_config,
 )
-from sat.checkpoint.reading import read_checkpoint_file
+from sat.checkpoint.reading import load_torch_file, read_checkpoint_file, saved_format
 from sat.checkpoint.rng import restore_rng_states, rng_states
+from sat.checkpoint.safetensors_files import SafetensorsState, parse_size, read_weight_map, save_safetensors
 from sat.checkpoint.saving import publish_checkpoint, save_dir_of, save_module_checkpoint
 from sat.checkpoint.state_dict import load_state_dict_into, unwrap_module
+from sat.checkpoint.writing import (
+    DEFAULT_MAX_SHARD_SIZE,
+    FORMATS,
+    checkpoint_format_of,
+    save_checkpoint_file,
+    write_model_states,
+)
 
 __all__ = [
+    "DEFAULT_MAX_SHARD_SIZE",
+    "FORMATS",
+    "SafetensorsState",
+    "atomic_write",
+    "checkpoint_format_of",
+    "model_states_stem",
+    "parse_size",
+    "save_safetensors",
+    "is_shard_path",
+    "load_torch_file",
+    "read_weight_map",
+    "save_checkpoint_file",
+    "saved_format",
+    "split_shard_path",
+    "write_model_states",
     "MODEL_CONFIG",
     "CheckpointError",
     "atomic_torch_save",

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 
-def _atomic_write(path: str, write: Callable[[str], None]) -> None:
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Write through ``write(tmp_path)`` and rename into place: readers see old or new, never half."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
@@ -28,9 +28,9 @@ def atomic_write_text(path: str, text: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def atomic_torch_save(obj, path: str) -> None:
     """``torch.save`` that never leaves a partial file at ``path``."""
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -6,6 +6,14 @@
     <save>/model_config.json                        model_class, architecture and model arguments
     <save>/<iteration>/mp_rank_XX_model_states.pt   {"module": state_dict, ...}, one per MP rank
     <save>/<iteration>/rng_states_rank_XXXXX.pt     each rank's random states (training saves)
+
+or, saved with ``--checkpoint-format safetensors``, per model-parallel rank::
+
+    mp_rank_XX_model_states.safetensors             the module's tensors, or past --max-shard-size
+    mp_rank_XX_model_states-00001-of-0000N.safetensors ...  shards, named by
+    mp_rank_XX_model_states.safetensors.index.json  {"weight_map": {key: shard}}
+    mp_rank_XX_model_states.extra.pt                every other entry of the .pt file (iteration,
+                                                    random and client states; weights_only data)
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ from sat import mpu
 from sat.checkpoint.errors import CheckpointError
 
 MODEL_CONFIG = "model_config.json"
-_SHARD = re.compile(r"mp_rank_(\d+)_model_states\.pt")
+_SHARD = re.compile(r"mp_rank_(\d+)_model_states\.(?:pt|safetensors|safetensors\.index\.json)")
+_PT_SHARD = re.compile(r"mp_rank_\d+_model_states\.pt")
+EXTRA_SUFFIX = ".extra.pt"
 
 
 def get_checkpoint_name(checkpoints_path: str, iteration: int | str, release: bool = False, zero: bool = False) -> str:
@@ -63,16 +73,37 @@ def get_checkpoint_iteration(load_path: str) -> tuple[int, bool, bool]:
     return iteration, False, True
 
 
+def model_states_stem(rank: int) -> str:
+    """``mp_rank_XX_model_states``: the name, without suffix, of model-parallel rank ``rank``'s files."""
+    return f"mp_rank_{rank:02d}_model_states"
+
+
 def shard_path(iteration_dir: str, rank: int) -> str:
-    """The model file of model-parallel rank ``rank`` in ``iteration_dir``."""
-    return os.path.join(iteration_dir, f"mp_rank_{rank:02d}_model_states.pt")
+    """The model file of model-parallel rank ``rank`` in ``iteration_dir``: its ``.pt`` name,
+    which also stands for the rank's safetensors files (``read_checkpoint_file`` reads either)."""
+    return os.path.join(iteration_dir, f"{model_states_stem(rank)}.pt")
+
+
+def is_shard_path(path: str) -> bool:
+    """Whether ``path`` names a rank's model file (``mp_rank_XX_model_states.pt``)."""
+    return _PT_SHARD.fullmatch(os.path.basename(path)) is not None
+
+
+def split_shard_path(path: str) -> tuple[str, str]:
+    """``(iteration_dir, stem)`` of a ``shard_path``: where the rank's files of every format are."""
+    iteration_dir, name = os.path.split(path)
+    if not name.endswith(".pt"):
+        raise ValueError(f"{path} is not a model file name (mp_rank_XX_model_states.pt)")
+    return iteration_dir, name[: -len(".pt")]
 
 
 def saved_model_parallel_size(iteration_dir: str) -> int:
-    """How many model-parallel shards ``iteration_dir`` holds (``mp_rank_XX`` files)."""
-    ranks = sorted(int(m.group(1)) for name in os.listdir(iteration_dir) if (m := _SHARD.fullmatch(name)))
+    """How many model-parallel shards ``iteration_dir`` holds (``mp_rank_XX`` files of either format)."""
+    ranks = sorted({int(m.group(1)) for name in os.listdir(iteration_dir) if (m := _SHARD.fullmatch(name))})
     if not ranks or ranks != list(range(len(ranks))):
-        raise FileNotFoundError(f"{iteration_dir} holds no complete set of mp_rank_XX_model_states.pt files: {ranks}")
+        raise FileNotFoundError(
+            f"{iteration_dir} holds no complete set of mp_rank_XX_model_states.pt (or .safetensors) files: {ranks}"
+        )
     return len(ranks)
 
 

@@ -8,10 +8,11 @@ import os
 import torch
 
 from sat import mpu
-from sat.checkpoint.atomic import atomic_torch_save, atomic_write_text
+from sat.checkpoint.atomic import atomic_write_text
 from sat.checkpoint.layout import get_checkpoint_name, get_checkpoint_tracker_filename
 from sat.checkpoint.model_config import save_model_config
 from sat.checkpoint.state_dict import unwrap_module
+from sat.checkpoint.writing import checkpoint_format_of, write_model_states
 from sat.helpers import print_rank0
 from sat.runtime import barrier, global_rank
 
@@ -33,7 +34,7 @@ def save_module_checkpoint(iteration: int, model: torch.nn.Module, args) -> None
     if mpu.get_data_parallel_rank() == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         print_rank0(f"saving checkpoint {path}")
-        atomic_torch_save({"module": module.state_dict()}, path)
+        write_model_states({"module": module.state_dict()}, path, *checkpoint_format_of(args))
     barrier()
     if global_rank() == 0:
         publish_checkpoint(iteration, module, args, save_dir)

@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 from collections.abc import Mapping
 
 import torch
 
-from sat.checkpoint import load_state_dict_into
+from sat.checkpoint import (
+    CheckpointError,
+    SafetensorsState,
+    load_state_dict_into,
+    load_torch_file,
+    read_weight_map,
+    save_safetensors,
+)
 from sat.hf.family import Family, family_for_model_type, family_for_sat_model
 from sat.hf.mapping import MappingError
 from sat.model.auto import get_model_class
@@ -21,32 +27,27 @@ from sat.model.build import get_meta_model
 from sat.runtime import resolve_device
 
 
-def read_hf_weights(directory: str) -> dict[str, torch.Tensor]:
-    """The state dict of an HF directory: (sharded) safetensors, memory-mapped, or
-    ``pytorch_model.bin`` loaded with ``weights_only``."""
-    from safetensors.torch import load_file
-
+def read_hf_weights(directory: str) -> Mapping[str, torch.Tensor]:
+    """The state dict of an HF directory, without building the HF model: safetensors (one file, or
+    shards with ``model.safetensors.index.json``) as a lazy mapping whose tensors are memory-mapped
+    from their shard, read only where used; ``pytorch_model.bin`` (or its shards) loaded
+    memory-mapped with ``weights_only``. A damaged shard, or an index naming a missing one,
+    raises ``CheckpointError`` naming the file."""
     files = sorted(os.listdir(directory))
-    for index_name, loader in (
-        ("model.safetensors.index.json", load_file),
-        ("pytorch_model.bin.index.json", _load_bin),
-    ):
-        if index_name in files:
-            with open(os.path.join(directory, index_name)) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-            state = {}
-            for shard in shards:
-                state.update(loader(os.path.join(directory, shard)))
-            return state
-    if "model.safetensors" in files:
-        return load_file(os.path.join(directory, "model.safetensors"))
+    if "model.safetensors.index.json" in files or "model.safetensors" in files:
+        return SafetensorsState(directory, "model")
+    if "pytorch_model.bin.index.json" in files:
+        index = os.path.join(directory, "pytorch_model.bin.index.json")
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(read_weight_map(index).values())):
+            path = os.path.join(directory, shard)
+            if not os.path.isfile(path):
+                raise CheckpointError(f"{index} names {path}, which does not exist (an incomplete copy?)")
+            state.update(load_torch_file(path))
+        return state
     if "pytorch_model.bin" in files:
-        return _load_bin(os.path.join(directory, "pytorch_model.bin"))
+        return load_torch_file(os.path.join(directory, "pytorch_model.bin"))
     raise FileNotFoundError(f"{directory} holds no model.safetensors or pytorch_model.bin (files: {files})")
-
-
-def _load_bin(path: str) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 def _read_source(source) -> tuple[object, dict[str, torch.Tensor]]:
@@ -118,8 +119,9 @@ def from_hf(source, **overrides) -> tuple[torch.nn.Module, argparse.Namespace]:
     return model.eval(), args
 
 
-def to_hf(model: torch.nn.Module):
-    """The ``transformers`` model equal to sat ``model`` (eval mode, same dtype)."""
+def _checked_hf_state(model: torch.nn.Module) -> tuple[type, object, dict[str, torch.Tensor]]:
+    """``(HF class, HF config, HF state dict)`` of sat ``model``; a ``MappingError`` unless the
+    state dict has exactly the keys and shapes of that class (checked on ``meta``)."""
     import transformers
 
     family = family_for_sat_model(model)
@@ -137,12 +139,31 @@ def to_hf(model: torch.nn.Module):
     ]
     if missing or extra or shapes:
         raise MappingError(f"{family.name}: to_hf state dict misses {missing}, has extra {extra}, shapes {shapes}")
+    return hf_class, config, hf_state
+
+
+def to_hf(model: torch.nn.Module):
+    """The ``transformers`` model equal to sat ``model`` (eval mode, same dtype)."""
+    hf_class, config, hf_state = _checked_hf_state(model)
     dtype = next(model.parameters()).dtype
     hf_model = hf_class.from_pretrained(None, config=config, state_dict=hf_state, dtype=dtype)
     return hf_model.eval()
 
 
-def save_hf(model: torch.nn.Module, directory: str) -> None:
-    """Write ``model`` as a ``transformers`` directory (``config.json`` + ``model.safetensors``)
-    that ``transformers.AutoModel*.from_pretrained`` loads."""
-    to_hf(model).save_pretrained(directory, safe_serialization=True)
+def save_hf(model: torch.nn.Module, directory: str, max_shard_size: int | str = "5GB") -> None:
+    """Write ``model`` as a ``transformers`` directory that ``AutoModel*.from_pretrained`` loads:
+    ``config.json`` and the weights as ``model.safetensors``, or past ``max_shard_size`` (bytes,
+    or ``"500MB"``, ``"2GiB"``...) as ``model-0000i-of-0000n.safetensors`` shards with
+    ``model.safetensors.index.json``, the names ``save_pretrained`` uses.
+
+    No ``transformers`` model is built: the translated state dict (the model's own tensors where
+    the layouts agree, views or per-tensor results elsewhere) is written one tensor at a time.
+    Tied weights (an LM head that is the word embedding) are written under each key.
+    """
+    hf_class, config, hf_state = _checked_hf_state(model)
+    config = copy.deepcopy(config)
+    config.architectures = [hf_class.__name__]
+    config.dtype = next(model.parameters()).dtype
+    os.makedirs(directory, exist_ok=True)
+    save_safetensors(hf_state, directory, "model", max_shard_size, metadata={"format": "pt"}, keep_aliases=False)
+    config.save_pretrained(directory)

@@ -1,10 +1,12 @@
 """Split or merge a checkpoint directory to a new model-parallel size, offline::
 
     python -m sat.tools.reshard SOURCE_DIR TARGET_DIR --model-parallel-size N [--import my.models]
+        [--checkpoint-format pt|safetensors] [--max-shard-size 5GB]
 
 Each partitioned parameter is merged from the saved shards and split again, one parameter at a
 time, from memory-mapped files (``sat.mpu.reshard``); the model is built on ``meta`` only to
-learn how each parameter is partitioned.
+learn how each parameter is partitioned. The target is written in the source's format (``.pt``
+or safetensors) unless ``--checkpoint-format`` says otherwise.
 """
 
 from __future__ import annotations
@@ -16,23 +18,34 @@ import os
 
 from sat.arguments import update_args_with_file
 from sat.checkpoint import (
+    DEFAULT_MAX_SHARD_SIZE,
+    FORMATS,
     MODEL_CONFIG,
-    atomic_torch_save,
     atomic_write_text,
     get_checkpoint_iteration,
     get_checkpoint_tracker_filename,
     model_config_path,
     read_checkpoint_file,
+    saved_format,
     saved_model_parallel_size,
     shard_path,
+    write_model_states,
 )
 from sat.model.auto import get_model_class
 from sat.model.build import get_meta_model
 from sat.mpu.reshard import partition_specs, reshard_tensor
 
 
-def reshard_checkpoint(source: str, target: str, model_parallel_size: int, iteration: str | None = None) -> None:
-    """Write ``source`` (a sat checkpoint directory) to ``target`` with a new model-parallel size."""
+def reshard_checkpoint(
+    source: str,
+    target: str,
+    model_parallel_size: int,
+    iteration: str | None = None,
+    checkpoint_format: str | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+) -> None:
+    """Write ``source`` (a sat checkpoint directory) to ``target`` with a new model-parallel size,
+    in ``checkpoint_format`` (default: the source's; safetensors split past ``max_shard_size``)."""
     if iteration is None:
         number, release, _ = get_checkpoint_iteration(source)
         iteration = "release" if release else str(number)
@@ -44,6 +57,7 @@ def reshard_checkpoint(source: str, target: str, model_parallel_size: int, itera
     specs = partition_specs(get_meta_model(args, model_cls))  # the full model on meta: shapes and specs only
 
     source_dir = os.path.join(source, iteration)
+    checkpoint_format = checkpoint_format or saved_format(source_dir)
     sources = [read_checkpoint_file(shard_path(source_dir, r)) for r in range(saved_model_parallel_size(source_dir))]
     target_dir = os.path.join(target, iteration)
     os.makedirs(target_dir, exist_ok=True)
@@ -54,7 +68,9 @@ def reshard_checkpoint(source: str, target: str, model_parallel_size: int, itera
             modules[rank][key] = tensor
     extras = {key: value for key, value in sources[0].items() if key != "module"}
     for rank, module in enumerate(modules):
-        atomic_torch_save({**extras, "module": module}, shard_path(target_dir, rank))
+        write_model_states(
+            {**extras, "module": module}, shard_path(target_dir, rank), checkpoint_format, max_shard_size
+        )
     with open(config_path) as f:
         config = json.load(f)
     config["model_parallel_size"] = model_parallel_size
@@ -70,11 +86,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("target", help="directory to write")
     parser.add_argument("--model-parallel-size", type=int, required=True)
     parser.add_argument("--iteration", default=None, help="default: the one in 'latest'")
+    parser.add_argument("--checkpoint-format", choices=FORMATS, default=None, help="default: the source's format")
+    parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="largest safetensors shard")
     parser.add_argument("--import", dest="imports", nargs="*", default=[], help="modules defining model classes")
     options = parser.parse_args(argv)
     for module in options.imports:
         importlib.import_module(module)
-    reshard_checkpoint(options.source, options.target, options.model_parallel_size, options.iteration)
+    reshard_checkpoint(
+        options.source,
+        options.target,
+        options.model_parallel_size,
+        options.iteration,
+        options.checkpoint_format,
+        options.max_shard_size,
+    )
     print(f"wrote {options.target} with model_parallel_size={options.model_parallel_size}")
 
 

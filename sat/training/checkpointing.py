@@ -23,15 +23,20 @@ from sat import mpu
 from sat.checkpoint import (
     CheckpointError,
     atomic_torch_save,
+    checkpoint_format_of,
     get_checkpoint_iteration,
     get_checkpoint_name,
+    is_shard_path,
     publish_checkpoint,
     read_checkpoint_file,
     read_latest,
     rng_states,
     rng_states_path,
+    save_checkpoint_file,
     save_dir_of,
     save_module_checkpoint,
+    saved_model_parallel_size,
+    shard_path,
 )
 from sat.helpers import print_rank0
 from sat.runtime import barrier, global_rank
@@ -94,7 +99,7 @@ def _save_engine_checkpoint(iteration: int, engine, lr_scheduler, args, client_s
     if _broadcast_decision(os.path.isdir(final) and read_latest(save_dir) == str(iteration)):
         print_rank0(f"{final} is already the latest checkpoint; not saving iteration {iteration} again")
         return
-    use_safe_checkpoint_engine(engine)
+    use_safe_checkpoint_engine(engine).checkpoint_format = checkpoint_format_of(args)
     tag = f"{iteration}.partial"
     partial = os.path.join(save_dir, tag)
     if global_rank() == 0 and os.path.isdir(partial):  # left by a save that crashed
@@ -117,7 +122,8 @@ def _save_engine_checkpoint(iteration: int, engine, lr_scheduler, args, client_s
         # ZeRO-3 writes only partitions; the original layout needs the whole module per MP rank.
         module_state = _full_state_dict(engine)
         if mpu.get_data_parallel_rank() == 0:
-            atomic_torch_save({"module": module_state, **state}, get_checkpoint_name(save_dir, tag))
+            path = get_checkpoint_name(save_dir, tag)
+            save_checkpoint_file({"module": module_state, **state}, path, *checkpoint_format_of(args))
     if rng is not None:
         atomic_torch_save(rng, rng_states_path(partial, global_rank()))
     ema_tag = _save_engine_ema(iteration, engine, save_dir)
@@ -154,18 +160,22 @@ def _save_engine_ema(iteration: int, engine, save_dir: str) -> str | None:
 
 
 class _SafeCheckpointEngine:
-    """DeepSpeed's checkpoint engine with atomic writes and ``weights_only`` reads."""
+    """DeepSpeed's checkpoint engine with atomic writes and ``weights_only`` reads; the model file
+    (``mp_rank_XX_model_states.pt``) is written in ``checkpoint_format`` and read in either."""
 
     def __init__(self, inner):
         self._inner = inner
+        self.checkpoint_format: tuple[str, int | str] = checkpoint_format_of(None)
 
     def __getattr__(self, name: str):
         return getattr(self._inner, name)
 
     def save(self, state_dict, path: str) -> None:
-        atomic_torch_save(state_dict, path)
+        save_checkpoint_file(state_dict, path, *self.checkpoint_format)
 
     def load(self, path: str, map_location=None):
+        if is_shard_path(path) and not os.path.isfile(path):
+            return read_checkpoint_file(path)  # saved as safetensors
         with torch.serialization.safe_globals(_deepspeed_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
 
@@ -179,11 +189,28 @@ def _deepspeed_safe_globals() -> list:
     return [LossScaler, ZeroStageEnum, fragment_address]
 
 
-def use_safe_checkpoint_engine(engine) -> None:
+def use_safe_checkpoint_engine(engine) -> _SafeCheckpointEngine:
     """Make ``engine`` write its checkpoint files atomically and read them with
-    ``weights_only=True`` (idempotent)."""
+    ``weights_only=True`` (idempotent); returns the wrapper."""
     if not isinstance(engine.checkpoint_engine, _SafeCheckpointEngine):
         engine.checkpoint_engine = _SafeCheckpointEngine(engine.checkpoint_engine)
+        engine._get_all_ckpt_names = _model_files_of_either_format(engine._get_all_ckpt_names)
+    return engine.checkpoint_engine
+
+
+def _model_files_of_either_format(find_pt_files):
+    """DeepSpeed finds the model files to load by globbing ``mp_rank_*_model_states.pt``; for a
+    checkpoint saved as safetensors, give it each rank's ``.pt`` name (the safe engine's
+    ``load`` reads the safetensors files behind it)."""
+
+    def find(checkpoints_path: str, tag) -> list[str]:
+        found = find_pt_files(checkpoints_path, tag)
+        iteration_dir = os.path.join(checkpoints_path, str(tag))
+        if found or not os.path.isdir(iteration_dir):
+            return found
+        return [shard_path(iteration_dir, rank) for rank in range(saved_model_parallel_size(iteration_dir))]
+
+    return find
 
 
 def load_training_state(engine, lr_scheduler, args, load_path: str | None = None) -> dict:
