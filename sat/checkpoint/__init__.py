@@ -15,11 +15,15 @@ is ``sat.training.checkpointing``'s job.
 One job per module: ``layout`` (names and directories), ``atomic`` (writes), ``reading`` (safe
 reads), ``model_config`` (the ``model_config.json`` schema), ``state_dict`` (loading tensors into
 a module), ``rng`` (random states), ``loading`` (``load_checkpoint``), ``saving`` (a plain module),
-``writing`` (a rank's checkpoint as ``.pt`` or safetensors), ``safetensors_files`` (sharded safetensors, written
+``dtypes`` (the dtype to load in), ``conversion`` (one tensor to it, without keeping the source),
+``destinations`` (a device map: each tensor's device, or the offload folder), ``writing`` (a
+rank's checkpoint as ``.pt`` or safetensors), ``safetensors_files`` (sharded safetensors, written
 tensor by tensor and read memory-mapped).
 """
 
 from sat.checkpoint.atomic import atomic_torch_save, atomic_write, atomic_write_text
+from sat.checkpoint.destinations import DISK, Destinations
+from sat.checkpoint.dtypes import DtypeArg, resolve_dtype, saved_dtype, set_dtype_flags
 from sat.checkpoint.errors import CheckpointError
 from sat.checkpoint.layout import (
     MODEL_CONFIG,
@@ -36,7 +40,7 @@ from sat.checkpoint.layout import (
     shard_path,
     split_shard_path,
 )
-from sat.checkpoint.loading import load_checkpoint
+from sat.checkpoint.loading import load_checkpoint, saved_checkpoint_dtype
 from sat.checkpoint.model_config import (
     extract_model_specific_args_from_model,
     extract_model_specific_args_to_dump,
@@ -71,6 +75,13 @@ __all__ = [
     "saved_format",
     "split_shard_path",
     "write_model_states",
+    "DISK",
+    "Destinations",
+    "DtypeArg",
+    "resolve_dtype",
+    "saved_checkpoint_dtype",
+    "saved_dtype",
+    "set_dtype_flags",
     "MODEL_CONFIG",
     "CheckpointError",
     "atomic_torch_save",

@@ -14,6 +14,8 @@ import torch.distributed as dist
 
 from sat import mpu
 from sat.checkpoint.broadcast import distribute_shards_from_rank0, share_from_rank0
+from sat.checkpoint.destinations import Destinations
+from sat.checkpoint.dtypes import saved_dtype
 from sat.checkpoint.errors import CheckpointError
 from sat.checkpoint.layout import get_checkpoint_iteration, get_checkpoint_name, saved_model_parallel_size, shard_path
 from sat.checkpoint.partitioned import gathered, load_into_partitions
@@ -40,6 +42,7 @@ def load_checkpoint(
     prefix: str = "",
     specific_iteration: int | str | None = None,
     from_rank0: bool = False,
+    destinations: Destinations | None = None,
 ) -> int:
     """Load the checkpoint in ``load_path`` (default ``args.load``) into ``model``; returns the
     iteration to continue from.
@@ -52,6 +55,8 @@ def load_checkpoint(
     ``"<iteration>-ema"`` for the EMA weights ``FusedEmaAdam`` training saved with it.
     ``from_rank0``: in a multi-process run, only global rank 0 opens files (every rank must
     call it; the others may build ``model`` on ``meta``).
+    ``destinations``: the device (or offload folder) of each tensor of a ``meta``-built model
+    (``from_pretrained(device_map=...)``); default: all on the model's device.
     """
     load_path = load_path or getattr(args, "load", None)
     if not load_path:
@@ -71,7 +76,7 @@ def load_checkpoint(
         if is_zero3_partitioned(module):
             missing, unexpected = load_into_partitions(module, state)
         else:
-            missing, unexpected = load_state_dict_into(module, state, device)
+            missing, unexpected = load_state_dict_into(module, state, destinations or device)
     if unexpected:
         print_rank0(f"Will continue but found unexpected keys in {path}: {unexpected}", level="WARNING")
     if missing:
@@ -107,6 +112,13 @@ def _locate(load_path: str, specific_iteration: int | str | None) -> tuple[int, 
         iteration, directory = _specific_iteration(specific_iteration)
         release = False
     return iteration, get_checkpoint_name(load_path, directory, release)
+
+
+def saved_checkpoint_dtype(load_path: str, specific_iteration: int | str | None = None) -> torch.dtype:
+    """The dtype of most floating weights in the checkpoint at ``load_path`` (this rank's file;
+    only its metadata is read)."""
+    _, path = _locate(load_path, specific_iteration)
+    return saved_dtype(read_checkpoint_file(path)["module"])
 
 
 def _read_for_this_rank(path: str, module: torch.nn.Module, prefix: str) -> tuple[dict, dict[str, torch.Tensor]]:

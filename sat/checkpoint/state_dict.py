@@ -7,7 +7,10 @@ from collections.abc import Mapping
 
 import torch
 
+from sat.checkpoint.conversion import convert_tensor
+from sat.checkpoint.destinations import Destinations
 from sat.checkpoint.errors import CheckpointError
+from sat.helpers import progress
 
 
 def unwrap_module(model: torch.nn.Module) -> torch.nn.Module:
@@ -33,9 +36,12 @@ def _set_tensor(owner: torch.nn.Module, name: str, value: torch.Tensor) -> None:
         owner._buffers[name] = value
 
 
-def _assign_meta(module: torch.nn.Module, state: Mapping, keys: list[str], device: torch.device) -> None:
+def _assign_meta(module: torch.nn.Module, state: Mapping, keys: list[str], device: torch.device | Destinations) -> None:
     """Put checkpoint tensors in place of ``meta`` parameters (no copy when dtype and device
-    already match), keeping each parameter's flags and any sharing between modules.
+    already match), keeping each parameter's flags and any sharing between modules. Each tensor
+    is converted to its parameter's dtype on its own (``convert_tensor``): the model never exists
+    twice. With ``Destinations``, each goes to its module's device, or to the offload folder
+    (its parameter stays on ``meta``).
 
     Two parameters the model keeps apart never end up on one storage, even where the source
     held one tensor for both (a tied HF embedding and sat's own ``lm_head``): the second gets a
@@ -43,11 +49,15 @@ def _assign_meta(module: torch.nn.Module, state: Mapping, keys: list[str], devic
     """
     replaced: dict[int, torch.Tensor] = {}
     storages: set[int] = set()
-    for key in keys:
+    for key in progress(keys, total=len(keys), desc="loading weights", unit="tensor"):
         owner, name = _locate(module, key)
         old = tensor_at(module, key)
+        target = device.device(key) if isinstance(device, Destinations) else device
+        if isinstance(target, str):  # DISK
+            device.offload(key, convert_tensor(state[key], old.dtype, torch.device("cpu")))
+            continue
         if id(old) not in replaced:
-            tensor = state[key].to(device=device, dtype=old.dtype)
+            tensor = convert_tensor(state[key], old.dtype, target)
             if tensor.numel() and tensor.data_ptr() in storages:
                 tensor = tensor.clone()
             storages.add(tensor.data_ptr())
@@ -93,14 +103,18 @@ def apply_load_pre_hooks(module: torch.nn.Module, state: Mapping[str, torch.Tens
 
 
 def load_state_dict_into(
-    module: torch.nn.Module, state: Mapping[str, torch.Tensor], device: torch.device | str = "cpu"
+    module: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    device: torch.device | str | Destinations = "cpu",
 ) -> tuple[list[str], list[str]]:
     """Load ``state`` into ``module`` (non-strict) and return ``(missing, unexpected)`` keys.
 
     The module's ``load_state_dict`` pre-hooks apply first, on the meta path too (the copy path
     runs them again through ``load_state_dict``, so they must be idempotent, as renames are).
     Shapes are checked and every mismatch is reported by key. ``meta`` parameters (a
-    ``skip_init`` model) take the checkpoint's tensors; real ones are copied into.
+    ``skip_init`` model) take the checkpoint's tensors, converted one by one to their dtype, on
+    ``device`` (``Destinations``: each on its module's device, or written to the offload folder);
+    real ones are copied into.
     """
     state = apply_load_pre_hooks(module, state)
     own = module.state_dict(keep_vars=True)
@@ -118,7 +132,9 @@ def load_state_dict_into(
     copy_state = {key: value for key, value in state.items() if key in own and not own[key].is_meta}
     if copy_state:
         module.load_state_dict(copy_state, strict=False)
-    _assign_meta(module, state, meta_keys, torch.device(device))
+    _assign_meta(module, state, meta_keys, device if isinstance(device, Destinations) else torch.device(device))
+    if isinstance(device, Destinations):
+        device.finish()
     missing = [key for key in own if key not in state]
     unexpected = [key for key in state if key not in own]
     return missing, unexpected

@@ -8,22 +8,29 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import time
 from collections.abc import Mapping
 
 import torch
 
 from sat.checkpoint import (
     CheckpointError,
+    DtypeArg,
     SafetensorsState,
     load_state_dict_into,
     load_torch_file,
     read_weight_map,
+    resolve_dtype,
     save_safetensors,
+    saved_dtype,
+    set_dtype_flags,
 )
 from sat.hf.family import Family, family_for_model_type, family_for_sat_model
 from sat.hf.mapping import MappingError
 from sat.model.auto import get_model_class
 from sat.model.build import get_meta_model
+from sat.model.placement import DeviceMapArg, plan_placement
+from sat.model.pretrained import report_loaded
 from sat.runtime import resolve_device
 
 
@@ -91,7 +98,15 @@ def sat_to_hf_state_dict(model: torch.nn.Module, config=None) -> dict[str, torch
     return family.finish_hf_state(family.state_map(args).sat_to_hf(model.state_dict(), family.context(args)), config)
 
 
-def from_hf(source, **overrides) -> tuple[torch.nn.Module, argparse.Namespace]:
+def from_hf(
+    source,
+    *,
+    dtype: DtypeArg = None,
+    device_map: DeviceMapArg = None,
+    max_memory: dict | None = None,
+    offload_folder: str | None = None,
+    **overrides,
+) -> tuple[torch.nn.Module, argparse.Namespace]:
     """Build the sat model of a ``transformers`` model and load its weights.
 
     Args:
@@ -99,24 +114,44 @@ def from_hf(source, **overrides) -> tuple[torch.nn.Module, argparse.Namespace]:
             ``transformers`` model. Weights are not copied where the layouts agree: the sat
             model shares those tensors with an in-memory source (training one changes the
             other; translate a ``copy.deepcopy`` to keep them apart).
+        dtype: ``None`` follows ``overrides`` (``bf16=True``; else float32), ``"auto"`` keeps the
+            weights' own dtype, a ``torch.dtype`` (or ``"bf16"``...) converts tensor by tensor.
+        device_map, max_memory, offload_folder: placement over GPUs, CPU and disk, as for
+            ``BaseModel.from_pretrained`` (docs/big_models.md).
         overrides: sat arguments to set on top of the translated configuration
             (``bf16=True``, ``checkpoint_activations=True``...).
     Returns:
         ``(model, args)``, the model in eval mode.
     """
+    started = time.perf_counter()
     config, hf_state = _read_source(source)
     family = family_for_model_type(config.model_type)
     args = _sat_args(family, config)
     for key, value in overrides.items():
         setattr(args, key, value)
+    build = {}
+    if dtype is not None:
+        build["params_dtype"] = resolve_dtype(dtype, args, lambda: saved_dtype(hf_state), where="from_hf dtype")
+        set_dtype_flags(args, build["params_dtype"])
     state_map = family.state_map(args)
     sat_state = state_map.hf_to_sat(family.prepare_hf_state(dict(hf_state), config), family.context(args))
-    model = get_meta_model(args, get_model_class(family.sat_class_name(config)))  # the source supplies every weight
-    missing, unexpected = load_state_dict_into(model, sat_state, resolve_device(args))
+    # The source supplies every weight; each tensor converts to the model's dtype as it is assigned.
+    model = get_meta_model(args, get_model_class(family.sat_class_name(config)), **build)
+    placement = plan_placement(model, device_map, max_memory, offload_folder)
+    destination = placement.destinations() if placement is not None else resolve_device(args)
+    missing, unexpected = load_state_dict_into(model, sat_state, destination)
     missing = [key for key in missing if key not in state_map.sat_only]
     if missing or unexpected:
         raise MappingError(f"{family.name}: the translated state dict misses {missing} and has extra {unexpected}")
-    return model.eval(), args
+    model.eval()
+    if placement is not None:
+        placement.dispatch(model)
+    report_loaded(
+        model,
+        os.fspath(source) if isinstance(source, str | os.PathLike) else type(source).__name__,
+        time.perf_counter() - started,
+    )
+    return model, args
 
 
 def _checked_hf_state(model: torch.nn.Module) -> tuple[type, object, dict[str, torch.Tensor]]:

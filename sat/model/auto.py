@@ -50,6 +50,10 @@ class AutoModel:
         build_only: bool = False,
         use_node_group: bool = True,
         overwrite_args: dict | None = None,
+        dtype: torch.dtype | str | None = None,
+        device_map: str | dict | None = None,
+        max_memory: dict | None = None,
+        offload_folder: str | None = None,
         **kwargs,
     ) -> tuple[torch.nn.Module, argparse.Namespace]:
         """Same arguments and result as ``BaseModel.from_pretrained``; the class comes from
@@ -64,6 +68,10 @@ class AutoModel:
             build_only=build_only,
             use_node_group=use_node_group,
             overwrite_args=overwrite_args,
+            dtype=dtype,
+            device_map=device_map,
+            max_memory=max_memory,
+            offload_folder=offload_folder,
             **kwargs,
         )
 

@@ -225,6 +225,10 @@ class BaseModel(torch.nn.Module, metaclass=MetaModel):
         build_only: bool = False,
         use_node_group: bool = True,
         overwrite_args: dict | None = None,
+        dtype: torch.dtype | str | None = None,
+        device_map: str | dict | None = None,
+        max_memory: dict | None = None,
+        offload_folder: str | None = None,
         **kwargs,
     ) -> tuple[BaseModel, argparse.Namespace]:
         """Build this class from a checkpoint directory or a ``MODEL_URLS`` name and load it.
@@ -238,6 +242,14 @@ class BaseModel(torch.nn.Module, metaclass=MetaModel):
             prefix: load only checkpoint keys starting with it, stripped (e.g. ``"encoder."``).
             build_only: build with the checkpoint's configuration but load no weights.
             overwrite_args: values that override ``model_config.json``.
+            dtype: the parameters' dtype: ``None`` follows ``args.fp16``/``args.bf16`` (else float32),
+                ``"auto"`` keeps the checkpoint's, a ``torch.dtype`` (or ``"bf16"``...) converts tensor
+                by tensor while loading; ``args.fp16``/``args.bf16`` are set to match.
+            device_map: ``"auto"``, ``"balanced"``, ``"sequential"`` or ``{module prefix: GPU index,
+                "cpu" or "disk"}``: spread the layers over devices (``model.device_map`` records it;
+                see docs/big_models.md).
+            max_memory: per-device caps for ``device_map``, e.g. ``{0: "20GiB", "cpu": "60GiB"}``.
+            offload_folder: where layers placed on ``"disk"`` are memory-mapped from.
             kwargs: passed to the model constructor; ``specific_iteration`` picks a checkpoint.
         Returns:
             ``(model, args)``.
@@ -252,6 +264,10 @@ class BaseModel(torch.nn.Module, metaclass=MetaModel):
             build_only=build_only,
             use_node_group=use_node_group,
             overwrite_args=overwrite_args,
+            dtype=dtype,
+            device_map=device_map,
+            max_memory=max_memory,
+            offload_folder=offload_folder,
             **kwargs,
         )
 

@@ -51,9 +51,19 @@ def get_meta_model(args, model_cls: type[torch.nn.Module], **kwargs) -> torch.nn
     """``get_model`` with every weight on ``meta``: allocated by nobody, initialised by nobody,
     for a caller that then loads all of them (``from_pretrained``, ``sat.hf``, resharding), so
     the model never exists twice in memory. Mixins that create plain ``torch.nn`` modules follow
-    the default device, which is ``meta`` here; the backbone asks ``building_on_meta``."""
-    with torch.device("meta"):
-        return get_model(args, model_cls, **kwargs)
+    the default device, which is ``meta`` here; the backbone asks ``building_on_meta``.
+    Initialisers are skipped (``args.skip_init`` during the build): on ``meta`` they compute
+    nothing, and their first call imports ``torch._dynamo`` (seconds in a fresh process)."""
+    had_flag, flag = hasattr(args, "skip_init"), getattr(args, "skip_init", False)
+    args.skip_init = True
+    try:
+        with torch.device("meta"):
+            return get_model(args, model_cls, **kwargs)
+    finally:
+        if had_flag:
+            args.skip_init = flag
+        else:
+            del args.skip_init
 
 
 def building_on_meta() -> bool:

@@ -272,8 +272,10 @@ def _absolute_position_embedding(config: TransformerConfig, build: LayerBuild) -
     shape = (config.max_sequence_length, config.hidden_size)
     weight = torch.empty(shape, dtype=build.params_dtype, device=build.device)
     # The draw nn.Embedding's own initialisation makes, kept so that a seed gives the same
-    # weights as ever (and as the original library, which also drew twice).
-    torch.nn.init.normal_(weight)
+    # weights as ever (and as the original library, which also drew twice). A meta build draws
+    # nothing, and skips the call's one-off import of torch._dynamo.
+    if build.device.type != "meta":
+        torch.nn.init.normal_(weight)
     if not build.skip_init:
         torch.nn.init.normal_(weight, mean=0.0, std=config.init_method_std)
     # Initialised before the module takes it: under ZeRO-3 (deepspeed.zero.Init) a module's

@@ -1,0 +1,56 @@
+"""One checkpoint tensor to the dtype and device the model wants, without keeping its source.
+
+A memory-mapped checkpoint tensor that is converted (fp32 to bf16) or moved (to a GPU) is read
+once; the file pages it touched would stay in the process's resident set (they count in RSS
+and ``VmHWM``) next to the converted copy, so converting a whole fp32 model to bf16 would peak
+at 1.5x the bf16 size. Large tensors are therefore converted in chunks, and each chunk's source
+pages are handed back to the kernel (``madvise(MADV_PAGEOUT)``) once copied: the peak is the
+converted model plus one chunk. ``MADV_PAGEOUT`` keeps the data (a later read faults it back
+in from the file, or from swap for anonymous memory), so it is safe on any tensor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import sys
+
+import torch
+
+_CHUNK_BYTES = 32 * 2**20  # source bytes converted per step: the extra peak of a conversion
+_MADV_PAGEOUT = 21  # Linux 5.4+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
+if _libc is not None:
+    _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def convert_tensor(tensor: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``tensor.to(device=device, dtype=dtype)``, bitwise the same values; ``tensor`` itself when
+    nothing changes. A contiguous CPU source larger than one chunk is copied chunk by chunk,
+    dropping each chunk's pages from memory after its copy."""
+    if tensor.dtype == dtype and tensor.device == device:
+        return tensor
+    source_bytes = tensor.numel() * tensor.element_size()
+    if tensor.device.type != "cpu" or not tensor.is_contiguous() or source_bytes <= _CHUNK_BYTES:
+        return tensor.to(device=device, dtype=dtype)
+    out = torch.empty(tensor.shape, dtype=dtype, device=device)
+    source, target = tensor.view(-1), out.view(-1)  # [numel] each
+    step = max(1, _CHUNK_BYTES // tensor.element_size())
+    for start in range(0, source.numel(), step):
+        chunk = source[start : start + step]
+        target[start : start + step].copy_(chunk)
+        _page_out(chunk)
+    return out
+
+
+def _page_out(chunk: torch.Tensor) -> None:
+    """Give the whole pages inside ``chunk``'s memory back to the kernel (no-op off Linux)."""
+    if _libc is None:
+        return
+    begin = chunk.data_ptr()
+    end = begin + chunk.numel() * chunk.element_size()
+    first = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE  # pages shared with a neighbour stay
+    last = end // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        _libc.madvise(first, last - first, _MADV_PAGEOUT)
