@@ -127,6 +127,16 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def from_rank0(value):
+    """Rank 0's ``value`` (any picklable object) on every rank: a decision from the file system,
+    which must not differ between ranks. ``value`` itself without a process group."""
+    if not _distributed():
+        return value
+    holder = [value]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 

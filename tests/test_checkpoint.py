@@ -57,7 +57,7 @@ def test_layout_and_model_config(tmp_path, tiny_args, tokens):
     model = AdaptedModel(args)
     _save(model, args, str(tmp_path), iteration=30)
     assert sorted(os.listdir(tmp_path)) == ["30", "latest", "model_config.json"]
-    assert os.listdir(tmp_path / "30") == ["mp_rank_00_model_states.pt"]
+    assert sorted(os.listdir(tmp_path / "30")) == ["manifest.json", "mp_rank_00_model_states.pt"]
     assert (tmp_path / "latest").read_text() == "30"
     config = json.loads((tmp_path / "model_config.json").read_text())
     assert config == {
@@ -174,6 +174,7 @@ def test_missing_keys_in_inference_and_finetune(tmp_path, tiny_args, tokens):
     del state["module"]["transformer.layers.1.mlp.dense_h_to_4h.weight"]
     del state["module"]["transformer.layers.1.mlp.dense_h_to_4h.bias"]
     torch.save(state, checkpoint)
+    os.remove(checkpoint.parent / "manifest.json")  # edited by hand: its manifest no longer applies
     with pytest.raises(CheckpointError, match="layers.1.mlp.dense_h_to_4h.weight"):
         AutoModel.from_pretrained(str(tmp_path / "adapted"))
     forced, _ = AutoModel.from_pretrained(str(tmp_path / "adapted"), overwrite_args={"force_inference": True})
@@ -203,6 +204,9 @@ def test_corrupt_and_malformed_checkpoints(tmp_path, tiny_args):
     path = os.path.join(folder, "1", "mp_rank_00_model_states.pt")
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"1 is damaged: .*mp_rank_00_model_states.pt has \d+ bytes, the manifest"):
+        AutoModel.from_pretrained(folder)
+    os.remove(os.path.join(folder, "1", "manifest.json"))  # as the original writes it: the file itself is read
     with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
         AutoModel.from_pretrained(folder)
 

@@ -1,4 +1,5 @@
-"""Writes that readers see whole or not at all: a temporary name, fsync, rename into place."""
+"""Writes that readers see whole or not at all: a temporary name, fsync, rename into place, fsync
+of the directory (so the rename itself survives a power loss)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,19 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_directory(os.path.dirname(path) or ".")
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def fsync_directory(directory: str) -> None:
+    """Make the entries of ``directory`` (files created, renamed or removed in it) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -12,6 +12,7 @@ import torch
 
 from sat.checkpoint.errors import CheckpointError
 from sat.checkpoint.layout import EXTRA_SUFFIX, model_states_stem, split_shard_path
+from sat.checkpoint.manifest import check_file
 from sat.checkpoint.safetensors_files import SafetensorsState, has_safetensors, safetensors_files
 
 # What the original library's ``np.random.get_state()`` array pickles as: plain data.
@@ -19,7 +20,8 @@ _NUMPY_STATE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, 
 
 
 def read_checkpoint_file(path: str) -> dict:
-    """Load a checkpoint file safely (``weights_only``), memory-mapped when possible.
+    """Load a checkpoint file safely (``weights_only``), memory-mapped when possible, after checking
+    its size against the directory's manifest (when there is one).
 
     ``path`` names a rank's ``.pt`` file (``shard_path``); a rank saved as safetensors is read
     from its files instead (``layout``): ``"module"`` is then a ``SafetensorsState`` (tensors
@@ -34,6 +36,7 @@ def read_checkpoint_file(path: str) -> dict:
             f"missing checkpoint file {path} (present: {present}). A different model_parallel_size "
             "or iteration than the checkpoint was saved with?"
         )
+    check_file(path)
     state = load_torch_file(path)
     if not isinstance(state, Mapping) or "module" not in state:
         keys = list(state) if isinstance(state, Mapping) else type(state).__name__

@@ -10,6 +10,7 @@ import torch
 from sat import mpu
 from sat.checkpoint.atomic import atomic_write_text
 from sat.checkpoint.layout import get_checkpoint_name, get_checkpoint_tracker_filename
+from sat.checkpoint.manifest import seal_directory
 from sat.checkpoint.model_config import save_model_config
 from sat.checkpoint.state_dict import unwrap_module
 from sat.checkpoint.writing import checkpoint_format_of, write_model_states
@@ -26,8 +27,8 @@ def save_dir_of(args) -> str:
 
 def save_module_checkpoint(iteration: int, model: torch.nn.Module, args) -> None:
     """Save the weights of ``model`` as ``<args.save>/<iteration>``, one file per model-parallel
-    rank (written by the first data-parallel copy), and point ``latest`` at it. Every rank must
-    call it."""
+    rank (written by the first data-parallel copy) and its manifest, and point ``latest`` at it.
+    Every rank must call it."""
     save_dir = save_dir_of(args)
     module = unwrap_module(model)
     path = get_checkpoint_name(save_dir, iteration)
@@ -35,6 +36,8 @@ def save_module_checkpoint(iteration: int, model: torch.nn.Module, args) -> None
         os.makedirs(os.path.dirname(path), exist_ok=True)
         print_rank0(f"saving checkpoint {path}")
         write_model_states({"module": module.state_dict()}, path, *checkpoint_format_of(args))
+    barrier()
+    seal_directory(os.path.dirname(path))
     barrier()
     if global_rank() == 0:
         publish_checkpoint(iteration, module, args, save_dir)

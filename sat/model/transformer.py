@@ -53,9 +53,7 @@ class BaseTransformer(HookedModule):
 
     ``forward(input_ids, position_ids, attention_mask, *, output_hidden_states=False, **kw_args)``
     returns ``[logits, *output_per_layers]``: the ``final_forward`` output and one dict per layer
-    (what hooks wrote into ``output_this_layer``, plus ``'hidden_states'`` when asked). With
-    ``last_logits_only=True`` (what generation passes) the final norm and ``final_forward`` run on
-    the last position alone: logits ``[b, 1, vocab]``.
+    (what hooks wrote into ``output_this_layer``, plus ``'hidden_states'`` when asked).
     ``attention_mask`` is an ``AttentionMask``: ``None`` (full attention), ``CAUSAL_MASK`` (``-1``)
     or a 1 = attend tensor of shape ``[sq, sk]`` or ``[b, 1, sq, sk]``.
     """
@@ -159,7 +157,6 @@ class BaseTransformer(HookedModule):
         attention_mask: AttentionMask,
         *,
         output_hidden_states: bool = False,
-        last_logits_only: bool = False,
         **kw_args,
     ) -> list:
         if input_ids.dim() < 2:
@@ -181,8 +178,6 @@ class BaseTransformer(HookedModule):
         hidden_states, output_per_layers = self._run_layers(
             hidden_states, mask, position_ids, kw_args, output_cross_layer, output_hidden_states
         )
-        if last_logits_only:  # generation reads the last position only: skip the other rows' head
-            hidden_states = hidden_states[:, -1:]  # [b, 1, h]
         logits = self.final_layernorm(hidden_states) if self.use_final_layernorm else hidden_states
         # No copy into the model-parallel region here: heads with parallel weights enter it
         # themselves (vocab_parallel_logits, ColumnParallelLinear); a replicated head (a
