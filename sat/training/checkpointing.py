@@ -38,6 +38,7 @@ from sat.checkpoint import (
     saved_model_parallel_size,
     shard_path,
 )
+from sat.checkpoint.partitioned import gathered_state_dict
 from sat.helpers import print_rank0
 from sat.runtime import barrier, global_rank
 from sat.training.ema import ema_checkpoint_tag, ema_optimizer_of, save_ema_weights
@@ -86,11 +87,10 @@ def _precision(engine) -> str:
 
 
 def _full_state_dict(engine) -> dict[str, torch.Tensor]:
-    """The module's complete state dict on CPU, gathering ZeRO-3 partitions (a collective)."""
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
-        return {key: value.detach().cpu().clone() for key, value in engine.module.state_dict().items()}
+    """The module's complete state dict on CPU on data-parallel rank 0, which writes it (empty
+    elsewhere), gathered from the ZeRO-3 partitions one submodule at a time (a collective): no
+    rank holds the whole model on the accelerator, and only that rank a copy on the host."""
+    return gathered_state_dict(engine.module, keep=mpu.get_data_parallel_rank() == 0)
 
 
 def _save_engine_checkpoint(iteration: int, engine, lr_scheduler, args, client_state: dict) -> None:
