@@ -7,11 +7,10 @@ yet: ``model_config.json`` names a class, ``get_model_class`` finds it.
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
-from sat.checkpoint import CheckpointError, is_hf_directory, model_config_path
+from sat.checkpoint import CheckpointError, is_hf_directory, model_config_path, read_model_config
 from sat.helpers import print_columns
 from sat.model.pretrained import load_pretrained, resolve_checkpoint_dir
 from sat.model.registry import model_registry
@@ -82,9 +81,11 @@ def _model_class(model_dir: str, args: argparse.Namespace | None, overwrite_args
     """The class to build, with the precedence ``load_pretrained`` gives every argument:
     ``overwrite_args``, then ``model_config.json``, then ``args``."""
     path = model_config_path(model_dir)
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+    config = read_model_config(path)
     name = (overwrite_args or {}).get("model_class", config.get("model_class", getattr(args, "model_class", None)))
     if name is None:
         raise CheckpointError(f"{path} has no 'model_class'; AutoModel cannot tell which class to build")
-    return get_model_class(name)
+    try:
+        return get_model_class(name)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None

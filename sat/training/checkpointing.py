@@ -6,12 +6,17 @@ A checkpoint saved from a DeepSpeed engine (``training_main``) keeps the origina
 (with ZeRO, DeepSpeed's per-rank shards next to the model file), the learning-rate schedule, the
 iteration, the data position and the random states of every rank (``rng_states_rank_XXXXX.pt``;
 rank 0's are also in the model file, as the original library wrote them, together with the
-model-parallel tracker's ``rng_tracker_states``). It is assembled in ``<iteration>.partial/`` and
-renamed to ``<iteration>/`` once every rank has written its part; ``latest`` moves last.
+model-parallel tracker's ``rng_tracker_states``). It is assembled in ``<iteration>.partial/``;
+once every rank has written its part (a write failing on any rank fails the save on every rank,
+``latest`` untouched), the files are fsynced and listed with their checksums in
+``manifest.json`` (``sat.checkpoint.manifest``), the directory is renamed to ``<iteration>/``,
+and ``latest`` moves last. ``--save-keep N`` then deletes all but the newest N checkpoints
+(``sat.checkpoint.recovery``), never the one the run resumed from.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -22,11 +27,12 @@ import torch.distributed as dist
 from sat import mpu
 from sat.checkpoint import (
     CheckpointError,
-    atomic_torch_save,
     checkpoint_format_of,
+    entry_file,
     get_checkpoint_iteration,
     get_checkpoint_name,
-    is_shard_path,
+    load_torch_file,
+    model_states_stem,
     publish_checkpoint,
     read_checkpoint_file,
     read_latest,
@@ -36,11 +42,15 @@ from sat.checkpoint import (
     save_dir_of,
     save_module_checkpoint,
     saved_model_parallel_size,
-    shard_path,
+    shard_path_of_safetensors,
 )
+from sat.checkpoint.atomic import fsync_directory
+from sat.checkpoint.lock import SaveLock
+from sat.checkpoint.manifest import check_file, seal_directory
 from sat.checkpoint.partitioned import gathered_state_dict
+from sat.checkpoint.recovery import rotate_checkpoints
 from sat.helpers import print_rank0
-from sat.runtime import barrier, global_rank
+from sat.runtime import barrier, from_rank0, global_rank
 from sat.training.ema import ema_checkpoint_tag, ema_optimizer_of, save_ema_weights
 
 
@@ -60,11 +70,47 @@ def save_checkpoint(
     """
     if is_deepspeed_engine(model):
         _save_engine_checkpoint(iteration, model, lr_scheduler, args, client_state or {})
+    elif is_fsdp_engine(model):
+        model.save_training_checkpoint(iteration, lr_scheduler, args, client_state or {})
     else:
         if ema_optimizer_of(optimizer) is not None:
             ema_dir = os.path.join(save_dir_of(args), ema_checkpoint_tag(iteration))
             save_ema_weights(ema_dir, model, optimizer, {"iteration": iteration})
         save_module_checkpoint(iteration, model, args)
+    keep = getattr(args, "save_keep", None)
+    if keep and global_rank() == 0:
+        rotate_checkpoints(save_dir_of(args), keep, {getattr(args, "resumed_from", None)} - {None})
+    barrier()
+
+
+_LOCKS: dict[str, SaveLock] = {}  # the save directories this process holds
+
+
+def lock_save_directory(save_dir: str) -> None:
+    """Refuse a second job saving into ``save_dir``: rank 0 takes ``<save_dir>/save.lock``
+    (``sat.checkpoint.lock``; a lock left by a dead job on this host is taken over) and every
+    rank raises its ``CheckpointError`` when it cannot. Released by ``release_save_directory``
+    or at exit. Every rank must call it."""
+    error = None
+    if global_rank() == 0 and save_dir not in _LOCKS:
+        lock = SaveLock(save_dir)
+        try:
+            lock.acquire()
+            _LOCKS[save_dir] = lock
+        except CheckpointError as e:
+            error = str(e)
+    error = from_rank0(error)
+    if error is not None:
+        raise CheckpointError(error)
+
+
+def release_save_directory() -> None:
+    """Release every save directory this process locked."""
+    while _LOCKS:
+        _LOCKS.popitem()[1].release()
+
+
+atexit.register(release_save_directory)
 
 
 def is_deepspeed_engine(model) -> bool:
@@ -73,13 +119,10 @@ def is_deepspeed_engine(model) -> bool:
     return ds is not None and isinstance(model, ds.DeepSpeedEngine)
 
 
-def _broadcast_decision(value: bool) -> bool:
-    """Rank 0's ``value`` on every rank (a file-system check must not differ between ranks)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
+def is_fsdp_engine(model) -> bool:
+    """Whether ``model`` is ``training_main``'s FSDP engine (``sat.training.fsdp_engine``)."""
+    fsdp = sys.modules.get("sat.training.fsdp_engine")
+    return fsdp is not None and isinstance(model, fsdp.FSDPEngine)
 
 
 def _precision(engine) -> str:
@@ -96,10 +139,11 @@ def _full_state_dict(engine) -> dict[str, torch.Tensor]:
 def _save_engine_checkpoint(iteration: int, engine, lr_scheduler, args, client_state: dict) -> None:
     save_dir = save_dir_of(args)
     final = os.path.join(save_dir, str(iteration))
-    if _broadcast_decision(os.path.isdir(final) and read_latest(save_dir) == str(iteration)):
+    if from_rank0(os.path.isdir(final) and read_latest(save_dir) == str(iteration)):
         print_rank0(f"{final} is already the latest checkpoint; not saving iteration {iteration} again")
         return
-    use_safe_checkpoint_engine(engine).checkpoint_format = checkpoint_format_of(args)
+    safe_engine = use_safe_checkpoint_engine(engine)
+    safe_engine.checkpoint_format = checkpoint_format_of(args)
     tag = f"{iteration}.partial"
     partial = os.path.join(save_dir, tag)
     if global_rank() == 0 and os.path.isdir(partial):  # left by a save that crashed
@@ -117,23 +161,56 @@ def _save_engine_checkpoint(iteration: int, engine, lr_scheduler, args, client_s
     if rng is not None:
         state.update(rng)
     print_rank0(f"saving checkpoint {final}")
-    engine.save_checkpoint(save_dir, tag=tag, client_state=state, save_latest=False)
+    failures: list[str] = []
+    safe_engine.failures = failures  # DeepSpeed's writes fail into the list, not between its collectives
+    try:
+        engine.save_checkpoint(save_dir, tag=tag, client_state=state, save_latest=False)
+    finally:
+        safe_engine.failures = None
     if engine.zero_optimization_partition_weights():
         # ZeRO-3 writes only partitions; the original layout needs the whole module per MP rank.
         module_state = _full_state_dict(engine)
         if mpu.get_data_parallel_rank() == 0:
             path = get_checkpoint_name(save_dir, tag)
-            save_checkpoint_file({"module": module_state, **state}, path, *checkpoint_format_of(args))
+            _recorded_save(failures, {"module": module_state, **state}, path, safe_engine.checkpoint_format)
     if rng is not None:
-        atomic_torch_save(rng, rng_states_path(partial, global_rank()))
+        _recorded_save(failures, rng, rng_states_path(partial, global_rank()), safe_engine.checkpoint_format)
+    _raise_if_any_rank_failed(failures, final)
     ema_tag = _save_engine_ema(iteration, engine, save_dir)
+    barrier()
+    seal_directory(partial)
     barrier()
     if global_rank() == 0:
         if ema_tag is not None:
             _replace_dir(os.path.join(save_dir, ema_tag), os.path.join(save_dir, ema_checkpoint_tag(iteration)))
         _replace_dir(partial, final)
+        fsync_directory(save_dir)
         publish_checkpoint(iteration, engine.module, args, save_dir)
     barrier()
+
+
+def _recorded_save(failures: list[str], obj, path: str, checkpoint_format: tuple[str, int | str]) -> None:
+    """``save_checkpoint_file`` (a model file in ``checkpoint_format``: ``(format, max shard
+    size)``), appending a failure (a full disk, a read-only directory) to ``failures`` instead of
+    raising, so that every rank reaches the check of all ranks."""
+    try:
+        save_checkpoint_file(obj, path, *checkpoint_format)
+    except (OSError, RuntimeError) as e:
+        failures.append(f"{path}: {e}")
+
+
+def _raise_if_any_rank_failed(failures: list[str], final: str) -> None:
+    """Raise ``CheckpointError`` on every rank when a write failed on any rank (a collective)."""
+    everyone = [failures]
+    if dist.is_available() and dist.is_initialized():
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, failures)
+    problems = [f"rank {rank}: {failure}" for rank, own in enumerate(everyone) for failure in own]
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {final} was not saved ('latest' still names the previous one): {'; '.join(problems)}. "
+            "Free disk space or fix the permissions of the save directory, then resume with --load."
+        )
 
 
 def _replace_dir(source: str, target: str) -> None:
@@ -165,19 +242,24 @@ class _SafeCheckpointEngine:
 
     def __init__(self, inner):
         self._inner = inner
+        self.failures: list[str] | None = None  # set during a save: failed writes are recorded there
         self.checkpoint_format: tuple[str, int | str] = checkpoint_format_of(None)
 
     def __getattr__(self, name: str):
         return getattr(self._inner, name)
 
     def save(self, state_dict, path: str) -> None:
-        save_checkpoint_file(state_dict, path, *self.checkpoint_format)
+        if self.failures is None:
+            save_checkpoint_file(state_dict, path, *self.checkpoint_format)
+        else:
+            _recorded_save(self.failures, state_dict, path, self.checkpoint_format)
 
     def load(self, path: str, map_location=None):
-        if is_shard_path(path) and not os.path.isfile(path):
-            return read_checkpoint_file(path)  # saved as safetensors
-        with torch.serialization.safe_globals(_deepspeed_safe_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        rank_file = shard_path_of_safetensors(path)
+        if rank_file is not None:  # saved as safetensors (see _model_files_of_either_format)
+            return read_checkpoint_file(rank_file)
+        check_file(path)
+        return load_torch_file(path, map_location=map_location, extra_globals=_deepspeed_safe_globals())
 
 
 def _deepspeed_safe_globals() -> list:
@@ -200,30 +282,34 @@ def use_safe_checkpoint_engine(engine) -> _SafeCheckpointEngine:
 
 def _model_files_of_either_format(find_pt_files):
     """DeepSpeed finds the model files to load by globbing ``mp_rank_*_model_states.pt``; for a
-    checkpoint saved as safetensors, give it each rank's ``.pt`` name (the safe engine's
-    ``load`` reads the safetensors files behind it)."""
+    checkpoint saved as safetensors, give it each rank's index (or single file), which the safe
+    engine's ``load`` reads as the whole checkpoint of that rank."""
 
     def find(checkpoints_path: str, tag) -> list[str]:
         found = find_pt_files(checkpoints_path, tag)
         iteration_dir = os.path.join(checkpoints_path, str(tag))
         if found or not os.path.isdir(iteration_dir):
             return found
-        return [shard_path(iteration_dir, rank) for rank in range(saved_model_parallel_size(iteration_dir))]
+        ranks = range(saved_model_parallel_size(iteration_dir))
+        return [entry_file(iteration_dir, model_states_stem(rank)) for rank in ranks]
 
     return find
 
 
-def load_training_state(engine, lr_scheduler, args, load_path: str | None = None) -> dict:
+def load_training_state(engine, lr_scheduler, args, load_path: str | None = None, iteration: int | None = None) -> dict:
     """Continue a run from the checkpoint in ``load_path`` (default ``args.load``), after
     ``deepspeed.initialize``: restore the optimizer (with its ZeRO shards) and the learning-rate
     schedule. Returns the checkpoint's client state: ``iteration``, ``data_position`` and, unless
     ``--no-load-rng``, this rank's random states under ``"rng"`` (apply them with
     ``restore_rng_states`` right before the next step). Weights-only checkpoints, and ones saved
     with another ZeRO stage, precision or data-parallel size, restore the weights only (with
-    a warning); the optimizer then starts fresh.
+    a warning); the optimizer then starts fresh. ``iteration``: that checkpoint instead of
+    ``latest``'s (the one ``choose_resume_iteration`` picked).
     """
     load_path = load_path or args.load
-    iteration, release, _ = get_checkpoint_iteration(load_path)
+    release = False
+    if iteration is None:
+        iteration, release, _ = get_checkpoint_iteration(load_path)
     path = get_checkpoint_name(load_path, iteration, release)
     state = dict(read_checkpoint_file(path))
     now = (engine.zero_optimization_stage(), mpu.get_data_parallel_world_size(), _precision(engine))
@@ -243,12 +329,19 @@ def load_training_state(engine, lr_scheduler, args, load_path: str | None = None
         )
         if loaded is None:
             raise CheckpointError(f"DeepSpeed could not load the training state of {path}")
+    return restore_schedule_and_rng(state, path, lr_scheduler, args)
+
+
+def restore_schedule_and_rng(state: dict, path: str, lr_scheduler, args) -> dict:
+    """The part of resuming every engine shares: the learning-rate schedule from the client
+    ``state`` of the model file ``path``, and (unless ``--no-load-rng``) this rank's random
+    states under ``state["rng"]``. Returns ``state``."""
     if lr_scheduler is not None and state.get("client_lr_scheduler"):
         lr_scheduler.load_state_dict(state["client_lr_scheduler"])
     if not getattr(args, "no_load_rng", False):
         own = rng_states_path(os.path.dirname(path), global_rank())
         if os.path.isfile(own):
-            state["rng"] = torch.load(own, weights_only=True)
+            state["rng"] = load_torch_file(own)
         elif "torch_rng_state" in state:
             print_rank0(f"{own} is missing: every rank continues from rank 0's random states.", "WARNING")
             state["rng"] = {key: state[key] for key in rng_states() if key in state}
