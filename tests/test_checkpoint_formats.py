@@ -18,6 +18,7 @@ from sat.checkpoint import CheckpointError, SafetensorsState, parse_size, read_c
 from sat.checkpoint.writing import write_model_states
 from sat.hf import from_hf, read_hf_weights, save_hf
 from sat.model import AutoModel, BaseMixin, BaseModel
+from sat.ops import FusedEmaAdam
 from sat.tools.reshard import main as reshard_main
 from sat.training.model_io import save_checkpoint
 
@@ -204,6 +205,22 @@ def test_mp2_safetensors_reshards_to_mp1_and_mp4_exactly(tmp_path, tiny_args):
     for merged in ("mp1-pt", "mp4-1"):
         loaded, _ = AutoModel.from_pretrained(str(tmp_path / merged))
         _assert_same_state(loaded, expected)
+
+
+def test_ema_weights_are_saved_in_the_chosen_format(tmp_path, tiny_args):
+    args = tiny_args()
+    model = BaseModel(args)
+    optimizer = FusedEmaAdam(model.parameters(), lr=1e-2, ema_decay=0.5)
+    model(IDS, POSITIONS, None)[0].square().mean().backward()
+    optimizer.step()
+    trained = {key: value.clone() for key, value in model.state_dict().items()}
+    args.save, args.checkpoint_format = str(tmp_path), "safetensors"
+    save_checkpoint(1, model, optimizer, None, args)
+    assert f"{STEM}.safetensors" in os.listdir(tmp_path / "1-ema")
+    ema, _ = AutoModel.from_pretrained(str(tmp_path), specific_iteration="1-ema")
+    for name, parameter in model.named_parameters():
+        assert torch.equal(ema.state_dict()[name], optimizer.state[parameter]["shadow"]), name
+    _assert_same_state(model, trained)  # the model keeps its trained weights
 
 
 # ----------------------------------------------------------------------------- HF directories

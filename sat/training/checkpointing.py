@@ -75,7 +75,7 @@ def save_checkpoint(
     else:
         if ema_optimizer_of(optimizer) is not None:
             ema_dir = os.path.join(save_dir_of(args), ema_checkpoint_tag(iteration))
-            save_ema_weights(ema_dir, model, optimizer, {"iteration": iteration})
+            save_ema_weights(ema_dir, model, optimizer, {"iteration": iteration}, *checkpoint_format_of(args))
         save_module_checkpoint(iteration, model, args)
     keep = getattr(args, "save_keep", None)
     if keep and global_rank() == 0:
@@ -176,7 +176,7 @@ def _save_engine_checkpoint(iteration: int, engine, lr_scheduler, args, client_s
     if rng is not None:
         _recorded_save(failures, rng, rng_states_path(partial, global_rank()), safe_engine.checkpoint_format)
     _raise_if_any_rank_failed(failures, final)
-    ema_tag = _save_engine_ema(iteration, engine, save_dir)
+    ema_tag = _save_engine_ema(iteration, engine, save_dir, safe_engine.checkpoint_format)
     barrier()
     seal_directory(partial)
     barrier()
@@ -219,7 +219,7 @@ def _replace_dir(source: str, target: str) -> None:
     os.replace(source, target)
 
 
-def _save_engine_ema(iteration: int, engine, save_dir: str) -> str | None:
+def _save_engine_ema(iteration: int, engine, save_dir: str, checkpoint_format: tuple[str, int | str]) -> str | None:
     """Write the EMA weights of a ``FusedEmaAdam`` engine as ``<iteration>-ema.partial``; returns
     that tag, or None when the optimizer keeps no EMA (or, under ZeRO-3, cannot swap it in)."""
     if ema_optimizer_of(engine.optimizer) is None:
@@ -232,7 +232,8 @@ def _save_engine_ema(iteration: int, engine, save_dir: str) -> str | None:
         shutil.rmtree(os.path.join(save_dir, tag))
     barrier()
     print_rank0(f"saving the EMA weights as {os.path.join(save_dir, ema_checkpoint_tag(iteration))}")
-    save_ema_weights(os.path.join(save_dir, tag), engine.module, engine.optimizer, {"iteration": iteration})
+    state = {"iteration": iteration}
+    save_ema_weights(os.path.join(save_dir, tag), engine.module, engine.optimizer, state, *checkpoint_format)
     return tag
 
 
