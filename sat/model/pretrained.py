@@ -63,7 +63,7 @@ def load_pretrained(
     ``transformers`` directory, whose config says what to build. Returns ``(model, args)``.
     ``from_rank0=True`` (a keyword) in a multi-process run: only global rank 0 opens the
     checkpoint's files, the others build on ``meta`` and receive their part by collectives."""
-    from_rank0 = _from_rank0(kwargs.pop("from_rank0", False))
+    from_rank0 = rank0_loading_applies(kwargs.pop("from_rank0", False))
     if from_rank0:
         model_dir, file_args = share_from_rank0(partial(_sat_config_on_rank0, name, home_path, url))
     else:
@@ -132,7 +132,7 @@ def report_loaded(model: torch.nn.Module, source: str, seconds: float) -> None:
     )
 
 
-def _from_rank0(requested: bool) -> bool:
+def rank0_loading_applies(requested: bool) -> bool:
     """Whether ``from_rank0`` applies: asked for, in a running multi-process group (one process
     simply loads)."""
     if not requested:
