@@ -189,6 +189,12 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument("--force-train", action="store_true", help="train even if checkpoint keys are missing")
     group.add_argument("--save-interval", type=int, default=5000, help="iterations between checkpoints")
     group.add_argument(
+        "--save-keep",
+        type=int,
+        default=None,
+        help="keep only the newest N checkpoints (never the one resumed from); default: keep all",
+    )
+    group.add_argument(
         "--checkpoint-format",
         default="pt",
         choices=["pt", "safetensors"],
@@ -351,6 +357,8 @@ def get_args(args_list: list[str] | None = None, parser: argparse.ArgumentParser
         parser.error(f"--train-data-weights {args.train_data_weights} needs one weight per --train-data entry")
     if args.fp16 and args.bf16:
         parser.error("--fp16 and --bf16 are exclusive")
+    if args.save_keep is not None and args.save_keep < 1:
+        parser.error(f"--save-keep {args.save_keep}: keep at least 1 checkpoint (or leave it out to keep all)")
 
     args.cuda = torch.cuda.is_available()
     args.rank = int(os.getenv("RANK", "0"))

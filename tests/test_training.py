@@ -108,7 +108,7 @@ def _load(checkpoint_dir: str, dtype: torch.dtype = torch.float32):
 
 
 def _expected_files(stage: int, precision: str) -> set[str]:
-    files = {"mp_rank_00_model_states.pt", "rng_states_rank_00000.pt", "rng_states_rank_00001.pt"}
+    files = {"manifest.json", "mp_rank_00_model_states.pt", "rng_states_rank_00000.pt", "rng_states_rank_00001.pt"}
     if stage > 0:  # ZeRO's optimizer shards, one per rank
         prefix = "bf16_" if precision == "bf16" else ""
         files |= {f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(2)}

@@ -45,13 +45,20 @@ import torch.distributed as dist
 
 from sat import mpu
 from sat.checkpoint import load_checkpoint, restore_rng_states, rng_states
+from sat.checkpoint.recovery import choose_resume_iteration
 from sat.data_utils import make_loaders
 from sat.data_utils.samplers import DistributedBatchSampler
 from sat.helpers import get_free_port, print_all, print_rank0
 from sat.model.build import get_model
 from sat.ops.layernorm import NO_WD_MODULES
 from sat.runtime import assign_device, initialize_distributed, set_random_seed
-from sat.training.checkpointing import load_training_state, save_checkpoint, use_safe_checkpoint_engine
+from sat.training.checkpointing import (
+    load_training_state,
+    lock_save_directory,
+    release_save_directory,
+    save_checkpoint,
+    use_safe_checkpoint_engine,
+)
 from sat.training.learning_rates import AnnealingLR, get_learning_rate_scheduler
 from sat.training.utils import Timers, get_sample_writer, init_wandb_writer, log_scalars, print_args, report_memory
 
@@ -158,10 +165,12 @@ def training_main(
             args.save_interval = max(1, args.train_iters // args.epochs)
 
     model = get_model(args, model_cls) if isinstance(model_cls, type) else _to_device(model_cls, args)
-    args.iteration = load_checkpoint(model, args) if args.load else 0
     if args.save:
         args.summary_dir = args.summary_dir or args.save  # tensorboard runs next to the checkpoints
         args.save = os.path.join(args.save, args.experiment_name)
+        lock_save_directory(args.save)
+    resume_iteration = _resume_iteration(args)
+    args.iteration = load_checkpoint(model, args, specific_iteration=resume_iteration) if args.load else 0
     dist.barrier()
     if callbacks.init_function is not None:
         callbacks.init_function(args, model)
@@ -170,9 +179,18 @@ def training_main(
     if args.train_iters > 0 and args.do_train:
         model, optimizer = setup_model_untrainable_params_and_optimizer(args, model)
         lr_scheduler = get_learning_rate_scheduler(optimizer, args.iteration, args)
-        resumed = load_training_state(model, lr_scheduler, args) if args.load and args.mode == "pretrain" else {}
+        resumed = (
+            load_training_state(model, lr_scheduler, args, iteration=resume_iteration)
+            if args.load and args.mode == "pretrain"
+            else {}
+        )
         summary_writer = _start_summaries(args)
         streams = _data_streams(train_data, val_data, resumed, args)
+        if resumed.get("eval_pending") and "valid" in streams:
+            # The checkpoint was saved right before this iteration's evaluation (the original's
+            # order), which the killed run may not have finished: evaluate now, from the saved
+            # validation position, as the uninterrupted run did.
+            _evaluate_at_iteration(model, streams["valid"], args, timers, summary_writer, callbacks)
         # The random streams start here: the seed for a new run, the saved states for a
         # resumed one, so it draws the same dropout masks as an uninterrupted run.
         if "rng" in resumed:
@@ -203,7 +221,21 @@ def training_main(
             "the end of training for test data", iter(test_data), model, eval_iters, args, timers, True, "test",
             callbacks=callbacks,
         )  # fmt: skip
+    release_save_directory()
     return model
+
+
+def _resume_iteration(args) -> int | None:
+    """With ``--load`` in pretrain mode, the iteration to continue from: ``latest``'s when intact,
+    else the newest intact one (``choose_resume_iteration``: warns, never silently); it is
+    recorded in ``args.resumed_from`` so that ``--save-keep`` never deletes it. None otherwise."""
+    if not args.load or args.mode != "pretrain":
+        return None
+    same = bool(args.save) and os.path.realpath(args.save) == os.path.realpath(args.load)
+    iteration = choose_resume_iteration(args.load, writable=same)
+    if iteration is not None:
+        args.resumed_from = os.path.realpath(os.path.join(args.load, str(iteration)))
+    return iteration
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -466,24 +498,34 @@ def train(
                 report_memory_flag = False
             timers.log(_TIMER_NAMES, normalizer=args.log_interval)
 
+        evaluating = bool(args.eval_interval and args.iteration % args.eval_interval == 0 and args.do_valid)
         if args.save and args.save_interval and args.iteration % args.save_interval == 0:
-            save_checkpoint(args.iteration, model, optimizer, lr_scheduler, args, client_state=_positions(streams))
+            # Saved before this iteration's evaluation, as the original does; the checkpoint
+            # says so, and a run resumed from it evaluates first (training_main).
+            state = {**_positions(streams), "eval_pending": evaluating and val_stream is not None}
+            save_checkpoint(args.iteration, model, optimizer, lr_scheduler, args, client_state=state)
 
-        if args.eval_interval and args.iteration % args.eval_interval == 0 and args.do_valid:
-            if args.strict_eval:
-                eval_iterator, eval_iters = iter(val_stream.loader), len(val_stream.loader)
-            else:
-                eval_iterator, eval_iters = val_stream, args.eval_iters
-            evaluate_and_print_results(
-                f"iteration {args.iteration}", eval_iterator, model, eval_iters, args, timers, False, "val",
-                step=args.iteration, summary_writer=summary_writer, callbacks=callbacks,
-            )  # fmt: skip
+        if evaluating:
+            _evaluate_at_iteration(model, val_stream, args, timers, summary_writer, callbacks)
 
         if args.exit_interval and args.iteration % args.exit_interval == 0:
             _exit_early(model, optimizer, lr_scheduler, args, streams, summary_writer)
     if progress is not None:
         progress.close()
     return args.iteration, skipped_total
+
+
+def _evaluate_at_iteration(model, val_stream, args, timers, summary_writer, callbacks) -> None:
+    """The evaluation every ``eval_interval`` iterations: the whole validation loader with
+    ``--strict-eval``, else the next ``eval_iters`` batches of ``val_stream``."""
+    if args.strict_eval:
+        eval_iterator, eval_iters = iter(val_stream.loader), len(val_stream.loader)
+    else:
+        eval_iterator, eval_iters = val_stream, args.eval_iters
+    evaluate_and_print_results(
+        f"iteration {args.iteration}", eval_iterator, model, eval_iters, args, timers, False, "val",
+        step=args.iteration, summary_writer=summary_writer, callbacks=callbacks,
+    )  # fmt: skip
 
 
 def _progress_bar(args):
