@@ -11,6 +11,9 @@ Failure injection: ``SAT_TEST_KILL_AT=N`` SIGKILLs the process as iteration N+1 
 ``SAT_TEST_NAN_AT=i,j`` makes the loss of training forward calls i and j (counted from 0) NaN.
 ``SAT_TEST_MODEL``: ``base`` (default, the BaseModel class), ``frozen`` (a class whose
 embeddings are frozen) or ``instance`` (a BaseModel instance with a ``LogitBias`` mixin).
+``SAT_TEST_RECORD_INIT=1``: the model as ``init_function`` gets it (after ``--load``) is recorded
+too: its parameters in ``init<r>.pt`` and, in the JSON, this rank's parameter bytes (ZeRO-3: its
+partitions) and the model's loss on the test sequences.
 """
 
 from __future__ import annotations
@@ -87,6 +90,29 @@ def _model(args):
     return {"base": BaseModel, "frozen": FrozenEmbeddings}[kind]
 
 
+def _record_initial_model(model, args, out: str, rank: int) -> dict:
+    """This rank's parameter bytes (its partitions under ZeRO-3, gathered one parameter at a time
+    to read them) and the whole model's mean loss on the test sequences."""
+    import deepspeed
+
+    params = dict(model.named_parameters())
+    held = sum(
+        p.ds_tensor.numel() * p.ds_tensor.element_size() if hasattr(p, "ds_tensor") else p.nbytes
+        for p in params.values()
+    )
+    full = sum(p.ds_numel * p.element_size() if hasattr(p, "ds_numel") else p.nbytes for p in params.values())
+    values = {}
+    for name, param in params.items():
+        with deepspeed.zero.GatheredParameters([param]):
+            values[name] = param.detach().clone()
+    torch.save(values, f"{out}/init{rank}.pt")
+    test = create_dataset("test", args)
+    with deepspeed.zero.GatheredParameters(list(params.values())), torch.no_grad():
+        loss = sample_losses(model.eval(), torch.stack([test[i] for i in range(len(test))])).mean().item()
+    model.train()
+    return {"param_bytes": held, "full_param_bytes": full, "test_loss": loss}
+
+
 def _inject_save_crash(iteration: int) -> None:
     real_save = torch.save
 
@@ -133,6 +159,8 @@ def main() -> None:
             "iteration": args.iteration,
             "logit_bias": mixins["logit_bias"].bias.tolist()[:2] if "logit_bias" in mixins else None,
         }
+        if os.environ.get("SAT_TEST_RECORD_INIT"):
+            record["init"].update(_record_initial_model(model, args, out, torch.distributed.get_rank()))
 
     def handle_metrics(metrics):
         record["test_sample_losses"] = metrics["sample_loss_eval"].tolist()

@@ -183,12 +183,24 @@ def test_missing_keys_in_inference_and_finetune(tmp_path, tiny_args, tokens):
     assert torch.isfinite(forced(ids, pos, -1)[0]).all()
 
 
-def test_unexpected_keys_warn(tmp_path, tiny_args, sat_log):
+def test_unexpected_keys_fail_inference_and_warn_when_finetuning(tmp_path, tiny_args, sat_log):
     args = tiny_args()
     _save(AdaptedModel(args), args, str(tmp_path))
-    model, _ = BaseModel.from_pretrained(str(tmp_path))
-    assert "unexpected keys" in sat_log.text and "mixins.adapter.scale" in sat_log.text
-    assert not any(p.is_meta for p in model.parameters())
+    # For inference the model would silently run without those weights (a mixin not added,
+    # fewer layers than the checkpoint): an error naming them.
+    with pytest.raises(CheckpointError, match=r"no place for: \['mixins.adapter.scale'\].*force_inference"):
+        BaseModel.from_pretrained(str(tmp_path))
+    for mode_args in (argparse.Namespace(mode="finetune"), argparse.Namespace(force_inference=True)):
+        model, _ = BaseModel.from_pretrained(str(tmp_path), mode_args)
+        assert "unexpected keys" in sat_log.text and "mixins.adapter.scale" in sat_log.text
+        assert not any(p.is_meta for p in model.parameters())
+
+
+def test_fewer_layers_than_the_checkpoint_is_an_error(tmp_path, tiny_args):
+    args = tiny_args()
+    _save(BaseModel(args), args, str(tmp_path))
+    with pytest.raises(CheckpointError, match=r"no place for: \['transformer.layers.1.input_layernorm.weight'"):
+        AutoModel.from_pretrained(str(tmp_path), overwrite_args={"num_layers": 1})
 
 
 def test_shape_mismatch_names_the_key(tmp_path, tiny_args):
@@ -204,7 +216,8 @@ def test_corrupt_and_malformed_checkpoints(tmp_path, tiny_args):
     path = os.path.join(folder, "1", "mp_rank_00_model_states.pt")
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"1 is damaged: .*mp_rank_00_model_states.pt has \d+ bytes, the manifest"):
+    damaged = r"1 is damaged: .*mp_rank_00_model_states.pt has \d+ bytes, the manifest"
+    with pytest.raises(CheckpointError, match=damaged):
         AutoModel.from_pretrained(folder)
     os.remove(os.path.join(folder, "1", "manifest.json"))  # as the original writes it: the file itself is read
     with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):

@@ -14,7 +14,7 @@ from distributed import run_workers
 
 from sat import mpu
 from sat.checkpoint import CheckpointError
-from sat.model import BaseModel
+from sat.model import AutoModel, BaseModel
 from sat.model.official import GPT2Model
 from sat.training.model_io import save_checkpoint
 
@@ -46,10 +46,11 @@ def _worker(rank: int, world: int, root: str) -> dict:
     mp1, mp2 = os.path.join(root, "mp1"), os.path.join(root, "mp2")
     opened = _spy(root)
     result: dict = {}
-    model, args = GPT2Model.from_pretrained(mp1, from_rank0=True)
+    model, args = AutoModel.from_pretrained(mp1, from_rank0=True)  # the class too comes from rank 0
     result["mp1"], result["mp1 opened"] = _state(model), list(opened)
     result["mp1 args"] = (args.num_layers, args.hidden_size, args.model_parallel_size)
     result["meta"] = any(p.is_meta for p in model.parameters())
+    result["class"] = type(model).__name__
 
     split = {"model_parallel_size": 2}
     normal, normal_args = GPT2Model.from_pretrained(mp1, overwrite_args=split)  # every rank reads
@@ -82,7 +83,7 @@ def test_only_rank0_opens_files_and_every_rank_gets_its_exact_part(tmp_path):
     results = run_workers(_worker, 2, str(tmp_path))
     root = str(tmp_path)
     for rank, result in enumerate(results):
-        assert result["mp1 args"] == (2, 32, 1) and not result["meta"]
+        assert result["mp1 args"] == (2, 32, 1) and not result["meta"] and result["class"] == "GPT2Model"
         assert result["mp1"].keys() == expected.keys()
         for key, value in expected.items():
             assert torch.equal(result["mp1"][key], value), (rank, key)

@@ -38,17 +38,25 @@ from sat.checkpoint.layout import (
     rng_states_path,
     saved_model_parallel_size,
     shard_path,
+    shard_path_of_safetensors,
     split_shard_path,
 )
 from sat.checkpoint.loading import load_checkpoint, saved_checkpoint_dtype
 from sat.checkpoint.model_config import (
     extract_model_specific_args_from_model,
     extract_model_specific_args_to_dump,
+    read_model_config,
     save_model_config,
 )
 from sat.checkpoint.reading import load_torch_file, read_checkpoint_file, saved_format
 from sat.checkpoint.rng import restore_rng_states, rng_states
-from sat.checkpoint.safetensors_files import SafetensorsState, parse_size, read_weight_map, save_safetensors
+from sat.checkpoint.safetensors_files import (
+    SafetensorsState,
+    entry_file,
+    parse_size,
+    read_weight_map,
+    save_safetensors,
+)
 from sat.checkpoint.saving import publish_checkpoint, save_dir_of, save_module_checkpoint
 from sat.checkpoint.state_dict import load_state_dict_into, unwrap_module
 from sat.checkpoint.writing import (
@@ -73,6 +81,8 @@ __all__ = [
     "read_weight_map",
     "save_checkpoint_file",
     "saved_format",
+    "entry_file",
+    "shard_path_of_safetensors",
     "split_shard_path",
     "write_model_states",
     "DISK",
@@ -98,6 +108,7 @@ __all__ = [
     "publish_checkpoint",
     "read_checkpoint_file",
     "read_latest",
+    "read_model_config",
     "restore_rng_states",
     "rng_states",
     "rng_states_path",

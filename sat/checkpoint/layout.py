@@ -28,6 +28,7 @@ from sat.checkpoint.errors import CheckpointError
 MODEL_CONFIG = "model_config.json"
 _SHARD = re.compile(r"mp_rank_(\d+)_model_states\.(?:pt|safetensors|safetensors\.index\.json)")
 _PT_SHARD = re.compile(r"mp_rank_\d+_model_states\.pt")
+_SAFETENSORS_ENTRY = re.compile(r"(mp_rank_\d+_model_states)\.safetensors(?:\.index\.json)?")
 EXTRA_SUFFIX = ".extra.pt"
 
 
@@ -87,6 +88,14 @@ def shard_path(iteration_dir: str, rank: int) -> str:
 def is_shard_path(path: str) -> bool:
     """Whether ``path`` names a rank's model file (``mp_rank_XX_model_states.pt``)."""
     return _PT_SHARD.fullmatch(os.path.basename(path)) is not None
+
+
+def shard_path_of_safetensors(path: str) -> str | None:
+    """The ``shard_path`` (``.pt`` name) of a rank whose safetensors file (single or index) is
+    ``path``; None for any other file."""
+    directory, name = os.path.split(path)
+    match = _SAFETENSORS_ENTRY.fullmatch(name)
+    return os.path.join(directory, f"{match.group(1)}.pt") if match else None
 
 
 def split_shard_path(path: str) -> tuple[str, str]:

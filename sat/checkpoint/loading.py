@@ -78,7 +78,7 @@ def load_checkpoint(
         else:
             missing, unexpected = load_state_dict_into(module, state, destinations or device)
     if unexpected:
-        print_rank0(f"Will continue but found unexpected keys in {path}: {unexpected}", level="WARNING")
+        _handle_unexpected(unexpected, mode, args, path)
     if missing:
         with gathered(tensor_at(module, key) for key in missing):  # re-initialised mixins under ZeRO-3
             _handle_missing(module, missing, mode, args, path, device)
@@ -208,6 +208,18 @@ def _model_device(module: torch.nn.Module, args) -> torch.device:
     return real if real is not None else resolve_device(args)
 
 
+def _handle_unexpected(unexpected: list[str], mode: str, args, path: str) -> None:
+    """Weights the model has no place for: an error in inference (the model is not the one the
+    checkpoint holds, e.g. fewer layers) unless ``args.force_inference``; a warning when
+    finetuning, where dropping a head of the pretrained model is the usual case."""
+    if mode == "inference" and not getattr(args, "force_inference", False):
+        raise CheckpointError(
+            f"{path} holds weights the model has no place for: {unexpected}. Is the model configured as the "
+            "checkpoint was (num_layers, mixins, overwrite_args)? Set args.force_inference = True to ignore them."
+        )
+    print_rank0(f"Will continue but found unexpected keys in {path}: {unexpected}", level="WARNING")
+
+
 def _handle_missing(module, missing: list[str], mode: str, args, path: str, device: torch.device) -> None:
     if mode == "inference":
         if not getattr(args, "force_inference", False):
@@ -215,7 +227,6 @@ def _handle_missing(module, missing: list[str], mode: str, args, path: str, devi
                 f"{path} lacks weights the model needs for inference: {missing}. "
                 "Set args.force_inference = True to run anyway with those weights freshly initialised."
             )
-        print_rank0(f"force_inference: initialising weights missing from {path}: {missing}", level="WARNING")
     elif not getattr(args, "force_train", False):
         unknown = [key for key in missing if _owning_mixin(module, key) is None and "cross_attention" not in key]
         if unknown or mode != "finetune":
@@ -224,7 +235,13 @@ def _handle_missing(module, missing: list[str], mode: str, args, path: str, devi
                 "weights may be missing (they are initialised); pass --force-train to train anyway."
             )
     meta_missing = [key for key in missing if tensor_at(module, key).is_meta]
-    materialize_missing(module, meta_missing, device)
+    filled = materialize_missing(module, meta_missing, device)
+    zeros = [key for key, how in filled.items() if how == "zeros"]
+    print_rank0(
+        f"{path} lacks {missing}: initialised by their modules' reset_parameters"
+        + (f", except {zeros}, set to zeros (their modules have no reset_parameters)" if zeros else ""),
+        level="WARNING",
+    )
     if mode != "inference" and hasattr(module, "reinit"):
         module.reinit(_mixin_names(module, missing))
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import warnings
 
 import torch
 
 from sat import mpu
 from sat.checkpoint.atomic import atomic_write_text
+from sat.checkpoint.errors import CheckpointError
 from sat.checkpoint.layout import MODEL_CONFIG
 from sat.checkpoint.state_dict import unwrap_module
 from sat.config import saved_fields
@@ -47,10 +49,21 @@ def extract_model_specific_args_from_model(args, model: torch.nn.Module) -> dict
     return {key: getattr(args, key) for key in vars(parser.parse_args([])) if hasattr(args, key)}
 
 
+def _model_class_name(module: torch.nn.Module) -> str:
+    """The class the model was built as: ``fully_shard`` (``--engine fsdp``) swaps in a subclass
+    named ``FSDP<name>``, which no registry knows. (torch's FSDP is looked up, not imported:
+    a model can be sharded only once something imported it.)"""
+    cls = type(module)
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is not None and isinstance(module, fsdp.FSDPModule):
+        cls = next(base for base in cls.__bases__ if base is not fsdp.FSDPModule)
+    return cls.__name__
+
+
 def extract_model_specific_args_to_dump(args, model: torch.nn.Module) -> dict:
     """The contents of ``model_config.json`` for ``model``."""
     module = unwrap_module(model)
-    to_dump: dict = {"model_class": type(module).__name__}
+    to_dump: dict = {"model_class": _model_class_name(module)}
     if getattr(args, "tokenizer_type", "fake") != "fake":
         to_dump["tokenizer_type"] = args.tokenizer_type
     transformer = getattr(module, "transformer", None)
@@ -81,3 +94,18 @@ def save_model_config(args, model: torch.nn.Module, save_dir: str) -> None:
 
             config["tokenizer_type"] = portable_tokenizer_type(config["tokenizer_type"], save_dir)
         atomic_write_text(os.path.join(save_dir, MODEL_CONFIG), json.dumps(config, indent=4))
+
+
+def read_model_config(path: str) -> dict:
+    """The JSON object in the ``model_config.json`` at ``path``; a ``CheckpointError`` naming the
+    file when it is missing, not JSON or not an object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist; not a sat checkpoint directory") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); fix or re-save it") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, found {type(config).__name__}")
+    return config

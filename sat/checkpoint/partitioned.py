@@ -16,15 +16,32 @@ from sat.checkpoint.errors import CheckpointError
 from sat.checkpoint.state_dict import apply_load_pre_hooks
 
 
-def gathered(params: Iterable[torch.nn.Parameter]) -> contextlib.AbstractContextManager:
-    """Whole values of the ZeRO-3-partitioned ones among ``params`` inside the block; rank 0's
-    values (of each parameter's partition group) are partitioned again at the end. Nothing to do
-    when none is partitioned."""
+def gathered(params: Iterable[torch.nn.Parameter], modifier_rank: int | None = 0) -> contextlib.AbstractContextManager:
+    """Whole values of the ZeRO-3-partitioned ones among ``params`` inside the block; at the end
+    they are partitioned again, from the values of rank ``modifier_rank`` of each parameter's
+    partition group (``None``: read only, nothing sent back). Nothing to do when none is
+    partitioned."""
     partitioned = [p for p in params if hasattr(p, "ds_id")]
     if not partitioned:
         return contextlib.nullcontext()
     # deepspeed is imported: it partitioned the parameters.
-    return sys.modules["deepspeed"].zero.GatheredParameters(partitioned, modifier_rank=0)
+    return sys.modules["deepspeed"].zero.GatheredParameters(partitioned, modifier_rank=modifier_rank)
+
+
+def gathered_state_dict(module: torch.nn.Module, keep: bool) -> dict[str, torch.Tensor]:
+    """``module``'s whole state dict on CPU from its ZeRO-3 partitions, gathered one submodule at a
+    time (a collective: every rank of the partition groups calls it); only where ``keep`` (the rank
+    that writes it) are the tensors copied out, the other ranks return an empty dict."""
+    own = module.state_dict(keep_vars=True)
+    by_owner: dict[str, list[str]] = {}
+    for key in own:
+        by_owner.setdefault(key.rpartition(".")[0], []).append(key)
+    state = {}
+    for keys in by_owner.values():
+        with gathered([own[key] for key in keys], modifier_rank=None):
+            if keep:
+                state.update({key: own[key].detach().cpu().clone() for key in keys})
+    return state
 
 
 def full_shape(tensor: torch.Tensor) -> tuple[int, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -44,17 +44,20 @@ def read_checkpoint_file(path: str) -> dict:
     return state
 
 
-def load_torch_file(path: str):
-    """``torch.load(path)`` with ``weights_only``, memory-mapped when the file's format allows it;
-    a ``CheckpointError`` naming the file when it is unsafe, corrupt or truncated."""
+def load_torch_file(path: str, *, map_location=None, extra_globals: Sequence = ()):
+    """``torch.load(path)`` with ``weights_only`` (only tensors, plain data and the classes of
+    ``extra_globals``: a pickle that would run code is refused, never executed), memory-mapped
+    when the file's format allows it, onto ``map_location`` (default the CPU); a
+    ``CheckpointError`` naming the file when it is unsafe, corrupt or truncated."""
+    map_location = "cpu" if map_location is None else map_location
     try:
-        with torch.serialization.safe_globals(_NUMPY_STATE_GLOBALS):
+        with torch.serialization.safe_globals([*_NUMPY_STATE_GLOBALS, *extra_globals]):
             try:
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
             except RuntimeError as e:
                 if "mmap" not in str(e):
                     raise
-                return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+                return torch.load(path, map_location=map_location, weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} holds objects that are not safe to load (weights_only refused): {e}") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
@@ -75,9 +78,12 @@ def _read_safetensors_checkpoint(path: str) -> dict:
             f"({safetensors_files(iteration_dir, stem)}): remove the ones that are not the checkpoint"
         )
     module = SafetensorsState(iteration_dir, stem)
+    for file in module.files:
+        check_file(file)
     extra = os.path.join(iteration_dir, stem + EXTRA_SUFFIX)
     if not os.path.isfile(extra):
         return {"module": module}
+    check_file(extra)
     extras = load_torch_file(extra)
     if not isinstance(extras, Mapping):
         raise CheckpointError(f"{extra} should hold a dict of the checkpoint's entries, found {type(extras).__name__}")

@@ -215,6 +215,13 @@ def _remove_stale(directory: str, stem: str, keep: list[str]) -> None:
             os.remove(os.path.join(directory, name))
 
 
+def entry_file(directory: str, stem: str) -> str:
+    """The file that stands for the tensors under ``stem``: the index when sharded, else the
+    single file."""
+    index = os.path.join(directory, index_name(stem))
+    return index if os.path.isfile(index) else os.path.join(directory, single_name(stem))
+
+
 def has_safetensors(directory: str, stem: str) -> bool:
     """Whether ``directory`` holds tensors under ``stem`` (one file or an index)."""
     return any(os.path.isfile(os.path.join(directory, n)) for n in (single_name(stem), index_name(stem)))

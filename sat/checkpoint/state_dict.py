@@ -70,26 +70,51 @@ def _assign_meta(module: torch.nn.Module, state: Mapping, keys: list[str], devic
         _set_tensor(owner, name, replaced[id(old)])
 
 
-def materialize_missing(module: torch.nn.Module, keys: list[str], device: torch.device) -> None:
-    """Give ``meta`` parameters that the checkpoint lacks real, initialised storage: owners that
-    lost every parameter are re-initialised with their own ``reset_parameters``, others get
-    zeros for the missing tensors."""
+def materialize_missing(module: torch.nn.Module, keys: list[str], device: torch.device) -> dict[str, str]:
+    """Give ``meta`` tensors that the checkpoint lacks real storage, initialised by their owner's
+    ``reset_parameters`` (a LayerNorm weight becomes ones, a linear weight random), with the
+    owner's loaded tensors kept. A tensor whose owner has no ``reset_parameters`` becomes zeros.
+    Returns how each key was filled: ``"reset_parameters"`` or ``"zeros"``."""
     owners: dict[int, tuple[torch.nn.Module, list[str]]] = {}
     for key in keys:
         owner, name = _locate(module, key)
-        owners.setdefault(id(owner), (owner, []))[1].append(name)
-    for owner, names in owners.values():
+        owners.setdefault(id(owner), (owner, []))[1].append(key)
+    how: dict[str, str] = {}
+    for owner, owner_keys in owners.values():
+        names = [key.rpartition(".")[2] for key in owner_keys]
         for name in names:
             old = owner._parameters[name] if name in owner._parameters else owner._buffers[name]
-            tensor = torch.zeros(old.shape, dtype=old.dtype, device=device)
+            tensor = torch.empty(old.shape, dtype=old.dtype, device=device)
             if isinstance(old, torch.nn.Parameter):
                 new = torch.nn.Parameter(tensor, requires_grad=old.requires_grad)
                 new.__dict__.update(old.__dict__)
                 tensor = new
             _set_tensor(owner, name, tensor)
-        own = [n for n, _ in owner.named_parameters(recurse=False)]
-        if set(own) <= set(names) and hasattr(owner, "reset_parameters"):
-            owner.reset_parameters()
+        filled = "reset_parameters" if _reset_keeping_loaded(owner, names) else "zeros"
+        if filled == "zeros":
+            with torch.no_grad():
+                for name in names:
+                    (owner._parameters.get(name) if name in owner._parameters else owner._buffers[name]).zero_()
+        how.update(dict.fromkeys(owner_keys, filled))
+    return how
+
+
+def _reset_keeping_loaded(owner: torch.nn.Module, missing: list[str]) -> bool:
+    """Run ``owner.reset_parameters()`` and put back the tensors it already had from the
+    checkpoint (those not in ``missing``); False when the owner has no ``reset_parameters``."""
+    if not hasattr(owner, "reset_parameters"):
+        return False
+    loaded = {
+        name: tensor.detach().clone()
+        for name, tensor in [*owner.named_parameters(recurse=False), *owner.named_buffers(recurse=False)]
+        if name not in missing and tensor is not None
+    }
+    owner.reset_parameters()
+    with torch.no_grad():
+        for name, value in loaded.items():
+            tensor_of = owner._parameters if name in owner._parameters else owner._buffers
+            tensor_of[name].copy_(value)
+    return True
 
 
 def apply_load_pre_hooks(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

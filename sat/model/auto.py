@@ -7,13 +7,14 @@ yet: ``model_config.json`` names a class, ``get_model_class`` finds it.
 from __future__ import annotations
 
 import argparse
-import json
+from functools import partial
 
 import torch
 
-from sat.checkpoint import CheckpointError, is_hf_directory, model_config_path
+from sat.checkpoint import CheckpointError, is_hf_directory, model_config_path, read_model_config
+from sat.checkpoint.broadcast import share_from_rank0
 from sat.helpers import print_columns
-from sat.model.pretrained import load_pretrained, resolve_checkpoint_dir
+from sat.model.pretrained import load_pretrained, rank0_loading_applies, resolve_checkpoint_dir
 from sat.model.registry import model_registry
 
 
@@ -58,8 +59,13 @@ class AutoModel:
     ) -> tuple[torch.nn.Module, argparse.Namespace]:
         """Same arguments and result as ``BaseModel.from_pretrained``; the class comes from
         the checkpoint (a ``transformers`` directory: from its config)."""
-        model_dir = resolve_checkpoint_dir(name, home_path, url)
-        model_cls = None if is_hf_directory(model_dir) else _model_class(model_dir, args, overwrite_args)
+        if rank0_loading_applies(kwargs.get("from_rank0", False)):
+            # Only global rank 0 opens the checkpoint: it tells the others which class to build.
+            model_dir = name
+            model_cls = share_from_rank0(partial(_checkpoint_class, name, home_path, url, args, overwrite_args))
+        else:
+            model_dir = resolve_checkpoint_dir(name, home_path, url)
+            model_cls = _checkpoint_class(model_dir, None, None, args, overwrite_args)
         return load_pretrained(
             model_cls,
             model_dir,
@@ -78,13 +84,24 @@ class AutoModel:
     from_pretrained_base = from_pretrained
 
 
+def _checkpoint_class(
+    name: str, home_path: str | None, url: str | None, args: argparse.Namespace | None, overwrite_args: dict | None
+) -> type | None:
+    """The class to build from checkpoint ``name`` (None for a ``transformers`` directory, whose
+    config says what to build)."""
+    model_dir = resolve_checkpoint_dir(name, home_path, url)
+    return None if is_hf_directory(model_dir) else _model_class(model_dir, args, overwrite_args)
+
+
 def _model_class(model_dir: str, args: argparse.Namespace | None, overwrite_args: dict | None) -> type:
     """The class to build, with the precedence ``load_pretrained`` gives every argument:
     ``overwrite_args``, then ``model_config.json``, then ``args``."""
     path = model_config_path(model_dir)
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+    config = read_model_config(path)
     name = (overwrite_args or {}).get("model_class", config.get("model_class", getattr(args, "model_class", None)))
     if name is None:
         raise CheckpointError(f"{path} has no 'model_class'; AutoModel cannot tell which class to build")
-    return get_model_class(name)
+    try:
+        return get_model_class(name)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None

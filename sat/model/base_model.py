@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 from collections.abc import Callable
 
 import torch
@@ -204,10 +205,18 @@ class BaseModel(torch.nn.Module, metaclass=MetaModel):
 
     @classmethod
     def get_args(cls, **kwargs) -> argparse.Namespace:
-        """The defaults of this model's arguments, with ``kwargs`` set on top."""
+        """The defaults of this model's arguments, with ``kwargs`` set on top.
+
+        A key that is not an argument is set anyway (the original's behaviour, which user code
+        relies on to carry its own settings), unless it is a near miss of an argument's name
+        (``num_layrs``): that is a ``TypeError`` naming the argument meant.
+        """
         args = cls.list_avail_args(print=False).parse_args([])
         for key, value in kwargs.items():
             if not hasattr(args, key):
+                close = difflib.get_close_matches(key, vars(args), n=1, cutoff=0.85)
+                if close:
+                    raise TypeError(f"{cls.__name__}.get_args got {key}={value!r}: did you mean {close[0]}?")
                 print_rank0(f"{cls.__name__}.get_args: {key} is not a model argument; set anyway.", level="DEBUG")
             setattr(args, key, value)
         return args

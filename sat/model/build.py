@@ -25,18 +25,28 @@ def get_model(args, model_cls: type[torch.nn.Module], **kwargs) -> torch.nn.Modu
     if check_if_zero3(args):
         import deepspeed
 
-        with deepspeed.zero.Init(config_dict_or_path=args.deepspeed_config):
+        with deepspeed.zero.Init(config_dict_or_path=args.deepspeed_config, **zero3_groups()):
             model = model_cls(args, **kwargs)
     else:
         model = model_cls(args, **kwargs)
     if mpu.get_data_parallel_rank() == 0:
-        count = sum(p.numel() for p in model.parameters())
+        count = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # whole, if partitioned
         print_all(f" > number of parameters on model parallel rank {mpu.get_model_parallel_rank()}: {count}")
     model = model.to(params_dtype)
     device = assign_device(args)
     if not any(p.is_meta for p in model.parameters()):
         model = model.to(device)
     return model
+
+
+def zero3_groups() -> dict:
+    """What ``deepspeed.zero.Init`` needs to partition as the engine will (``deepspeed.initialize``
+    with ``mpu=sat.mpu``): over the data-parallel group only. Over the world, as by default, a
+    model-parallel rank would take rank 0's initial values of its shard and partition it with
+    the other model-parallel ranks."""
+    if not mpu.model_parallel_is_initialized():
+        return {}
+    return {"data_parallel_group": mpu.get_data_parallel_group(), "mpu": mpu}
 
 
 def accepts_keyword(model_cls: type, name: str) -> bool:

@@ -101,13 +101,16 @@ def check_hook_signature(fn: Callable, spec: HookSpec, where: str, wraps: bool) 
     for p in positional[count:]:
         if p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
             problems.append(f"positional-only parameter {p.name!r} is never passed")
+    positional_only = {p.name for p in params if p.kind is p.POSITIONAL_ONLY}
     for keyword in spec.keywords:
-        if keyword in filled:
+        if keyword in filled or keyword in positional_only:
             problems.append(f"{keyword!r} sits in a positional slot, but the backbone passes it by keyword")
         elif keyword not in keyword_names and not has_varkw:
             problems.append(f"it does not accept the keyword {keyword!r} (add **kw_args)")
     if wraps and "old_impl" not in signature.parameters:
         problems.append("it is marked @non_conflict but has no `old_impl` parameter")
+    elif wraps and ("old_impl" in filled or "old_impl" in positional_only):
+        problems.append("`old_impl` sits in a positional slot, but it is passed by keyword")
     if problems:
         raise HookError(
             f"Hook {spec.name} at {where}: {'; '.join(problems)}. Its signature is {fn.__name__}{signature}; "

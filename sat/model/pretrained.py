@@ -63,7 +63,7 @@ def load_pretrained(
     ``transformers`` directory, whose config says what to build. Returns ``(model, args)``.
     ``from_rank0=True`` (a keyword) in a multi-process run: only global rank 0 opens the
     checkpoint's files, the others build on ``meta`` and receive their part by collectives."""
-    from_rank0 = _from_rank0(kwargs.pop("from_rank0", False))
+    from_rank0 = rank0_loading_applies(kwargs.pop("from_rank0", False))
     if from_rank0:
         model_dir, file_args = share_from_rank0(partial(_sat_config_on_rank0, name, home_path, url))
     else:
@@ -96,7 +96,7 @@ def load_pretrained(
     if "model_parallel_size" in (overwrite_args or {}):
         reset_model_parallel(args.model_parallel_size)
     else:
-        ensure_model_parallel(getattr(args, "model_parallel_size", 1))
+        _start_model_parallel(model_dir, getattr(args, "model_parallel_size", 1))
     # Build on the meta device and let the checkpoint's tensors become the weights: no random
     # initialisation, no second copy of the model in memory. Under ZeRO-3 each rank builds only
     # its partitions (deepspeed.zero.Init) and the checkpoint loads into them layer by layer.
@@ -132,7 +132,7 @@ def report_loaded(model: torch.nn.Module, source: str, seconds: float) -> None:
     )
 
 
-def _from_rank0(requested: bool) -> bool:
+def rank0_loading_applies(requested: bool) -> bool:
     """Whether ``from_rank0`` applies: asked for, in a running multi-process group (one process
     simply loads)."""
     if not requested:
@@ -157,6 +157,19 @@ def _sat_config_on_rank0(name: str, home_path: str | None, url: str | None) -> t
             "(sat.hf.from_hf, then save_checkpoint) or load it without from_rank0"
         )
     return model_dir, vars(update_args_with_file(argparse.Namespace(), model_config_path(model_dir)))
+
+
+def _start_model_parallel(model_dir: str, model_parallel_size: int) -> None:
+    """``ensure_model_parallel`` for the checkpoint's size, with the way out when this run's
+    processes cannot hold it."""
+    try:
+        ensure_model_parallel(model_parallel_size)
+    except ValueError as e:
+        raise ValueError(
+            f"{model_dir} was saved with model_parallel_size={model_parallel_size}: {e}; or load it into this "
+            "run's processes with overwrite_args={'model_parallel_size': <processes>} (1 for one process): the "
+            "checkpoint is resharded as it loads"
+        ) from None
 
 
 def _load_hf_directory(model_cls, model_dir: str, overwrite_args: dict | None, build_only: bool, placing: dict):

@@ -18,6 +18,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from sat.config import TransformerConfig
+from sat.model.input_checks import check_attention_mask, check_ids_below
 from sat.model.layers import (
     MLP,
     BaseTransformerLayer,
@@ -53,7 +54,9 @@ class BaseTransformer(HookedModule):
 
     ``forward(input_ids, position_ids, attention_mask, *, output_hidden_states=False, **kw_args)``
     returns ``[logits, *output_per_layers]``: the ``final_forward`` output and one dict per layer
-    (what hooks wrote into ``output_this_layer``, plus ``'hidden_states'`` when asked).
+    (what hooks wrote into ``output_this_layer``, plus ``'hidden_states'`` when asked). With
+    ``last_logits_only=True`` (what generation passes) the final norm and ``final_forward`` run on
+    the last position alone: logits ``[b, 1, vocab]``.
     ``attention_mask`` is an ``AttentionMask``: ``None`` (full attention), ``CAUSAL_MASK`` (``-1``)
     or a 1 = attend tensor of shape ``[sq, sk]`` or ``[b, 1, sq, sk]``.
     """
@@ -132,6 +135,7 @@ class BaseTransformer(HookedModule):
     # ----------------------------------------------------------------- hook defaults
     def default_word_embedding(self, input_ids: torch.Tensor, output_cross_layer: dict, **kw_args) -> torch.Tensor:
         """The default ``word_embedding_forward``: ``input_ids [b, s]`` -> ``[b, s, h]``."""
+        check_ids_below(input_ids, self.word_embeddings.num_embeddings, "input_ids", "vocab_size")
         return self.word_embeddings(input_ids)
 
     def default_position_embedding(
@@ -141,6 +145,9 @@ class BaseTransformer(HookedModule):
         ``None`` (nothing is added) when rotary embeddings are applied inside attention."""
         if self.is_rotary_emb:
             return None
+        limit = getattr(self.position_embeddings, "num_embeddings", None)
+        if limit is not None and position_ids is not None:
+            check_ids_below(position_ids, limit, "position_ids", "max_sequence_length")
         return self.position_embeddings(position_ids)
 
     def default_final(self, logits: torch.Tensor, **kw_args) -> torch.Tensor:
@@ -157,10 +164,13 @@ class BaseTransformer(HookedModule):
         attention_mask: AttentionMask,
         *,
         output_hidden_states: bool = False,
+        last_logits_only: bool = False,
         **kw_args,
     ) -> list:
         if input_ids.dim() < 2:
             raise ValueError(f"input_ids must be at least 2-D [batch, seq], got shape {tuple(input_ids.shape)}")
+        if isinstance(attention_mask, torch.Tensor):
+            check_attention_mask(attention_mask, input_ids)
         dtype = next(self.parameters()).dtype
         mask = resolve_attention_mask(attention_mask, input_ids.shape[1], dtype, input_ids.device)
 
@@ -178,6 +188,8 @@ class BaseTransformer(HookedModule):
         hidden_states, output_per_layers = self._run_layers(
             hidden_states, mask, position_ids, kw_args, output_cross_layer, output_hidden_states
         )
+        if last_logits_only:  # generation reads the last position only: skip the other rows' head
+            hidden_states = hidden_states[:, -1:]  # [b, 1, h]
         logits = self.final_layernorm(hidden_states) if self.use_final_layernorm else hidden_states
         # No copy into the model-parallel region here: heads with parallel weights enter it
         # themselves (vocab_parallel_logits, ColumnParallelLinear); a replicated head (a

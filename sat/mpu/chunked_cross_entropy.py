@@ -30,7 +30,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         losses, normalisers = [], []
         for start in range(0, hidden.shape[0], chunk_size):
             logits = linear(hidden[start : start + chunk_size], weight, bias)  # [chunk, vocab / mp]
-            shard = vocab_shard_loss(logits, target[start : start + chunk_size])
+            shard = vocab_shard_loss(logits, target[start : start + chunk_size], overwrite=True)
             losses.append(shard.loss)
             normalisers.append(shard.log_normaliser)
         ignored = target == ignore_index
@@ -51,7 +51,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             rows = slice(start, start + ctx.chunk_size)
             chunk = hidden[rows]  # [chunk, h]
             logits = linear(chunk, weight, bias).float()  # [chunk, vocab / mp]
-            softmax = (logits - normalisers[rows, None]).exp_()  # [chunk, vocab / mp]
+            softmax = logits.sub_(normalisers[rows, None]).exp_()  # [chunk, vocab / mp]
             grad_logits = subtract_target(softmax, *shard_target(target[rows], weight.shape[0]))
             grad_logits *= grad_loss[rows, None]
             if needs_hidden:

@@ -51,18 +51,19 @@ def shard_target(target: torch.Tensor, vocab_per_partition: int) -> tuple[torch.
     return outside, (target - start).masked_fill(outside, 0)
 
 
-def vocab_shard_loss(logits: torch.Tensor, target: torch.Tensor) -> VocabShardLoss:
+def vocab_shard_loss(logits: torch.Tensor, target: torch.Tensor, overwrite: bool = False) -> VocabShardLoss:
     """Cross entropy of ``logits [..., vocab / mp]`` (any dtype; computed in fp32) for ``target
-    [...]`` (full-vocabulary ids), all-reduced over the model-parallel group."""
+    [...]`` (full-vocabulary ids), all-reduced over the model-parallel group. With
+    ``overwrite`` fp32 ``logits`` become ``exp_logits`` in place, saving two copies of them."""
     logits = logits.float()
     # Subtract the global max for stability.
     logits_max = _all_reduce(logits.max(dim=-1, keepdim=True)[0], dist.ReduceOp.MAX)  # [..., 1]
-    logits = logits - logits_max  # [..., vocab / mp]
+    logits = logits.sub_(logits_max) if overwrite else logits - logits_max  # [..., vocab / mp]
 
     outside, local_target = shard_target(target, logits.size(-1))
     predicted = _all_reduce(logits.gather(-1, local_target.unsqueeze(-1)).squeeze(-1).masked_fill(outside, 0.0))
 
-    exp_logits = logits.exp()
+    exp_logits = logits.exp_() if overwrite else logits.exp()
     sum_exp = _all_reduce(exp_logits.sum(dim=-1))  # [...]
     log_sum_exp = sum_exp.log()
     loss = log_sum_exp - predicted  # [...]

@@ -28,9 +28,11 @@ from sat import mpu
 from sat.checkpoint import (
     CheckpointError,
     checkpoint_format_of,
+    entry_file,
     get_checkpoint_iteration,
     get_checkpoint_name,
-    is_shard_path,
+    load_torch_file,
+    model_states_stem,
     publish_checkpoint,
     read_checkpoint_file,
     read_latest,
@@ -40,11 +42,12 @@ from sat.checkpoint import (
     save_dir_of,
     save_module_checkpoint,
     saved_model_parallel_size,
-    shard_path,
+    shard_path_of_safetensors,
 )
 from sat.checkpoint.atomic import fsync_directory
 from sat.checkpoint.lock import SaveLock
 from sat.checkpoint.manifest import check_file, seal_directory
+from sat.checkpoint.partitioned import gathered_state_dict
 from sat.checkpoint.recovery import rotate_checkpoints
 from sat.helpers import print_rank0
 from sat.runtime import barrier, from_rank0, global_rank
@@ -67,10 +70,12 @@ def save_checkpoint(
     """
     if is_deepspeed_engine(model):
         _save_engine_checkpoint(iteration, model, lr_scheduler, args, client_state or {})
+    elif is_fsdp_engine(model):
+        model.save_training_checkpoint(iteration, lr_scheduler, args, client_state or {})
     else:
         if ema_optimizer_of(optimizer) is not None:
             ema_dir = os.path.join(save_dir_of(args), ema_checkpoint_tag(iteration))
-            save_ema_weights(ema_dir, model, optimizer, {"iteration": iteration})
+            save_ema_weights(ema_dir, model, optimizer, {"iteration": iteration}, *checkpoint_format_of(args))
         save_module_checkpoint(iteration, model, args)
     keep = getattr(args, "save_keep", None)
     if keep and global_rank() == 0:
@@ -114,16 +119,21 @@ def is_deepspeed_engine(model) -> bool:
     return ds is not None and isinstance(model, ds.DeepSpeedEngine)
 
 
+def is_fsdp_engine(model) -> bool:
+    """Whether ``model`` is ``training_main``'s FSDP engine (``sat.training.fsdp_engine``)."""
+    fsdp = sys.modules.get("sat.training.fsdp_engine")
+    return fsdp is not None and isinstance(model, fsdp.FSDPEngine)
+
+
 def _precision(engine) -> str:
     return "bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32"
 
 
 def _full_state_dict(engine) -> dict[str, torch.Tensor]:
-    """The module's complete state dict on CPU, gathering ZeRO-3 partitions (a collective)."""
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
-        return {key: value.detach().cpu().clone() for key, value in engine.module.state_dict().items()}
+    """The module's complete state dict on CPU on data-parallel rank 0, which writes it (empty
+    elsewhere), gathered from the ZeRO-3 partitions one submodule at a time (a collective): no
+    rank holds the whole model on the accelerator, and only that rank a copy on the host."""
+    return gathered_state_dict(engine.module, keep=mpu.get_data_parallel_rank() == 0)
 
 
 def _save_engine_checkpoint(iteration: int, engine, lr_scheduler, args, client_state: dict) -> None:
@@ -166,7 +176,7 @@ def _save_engine_checkpoint(iteration: int, engine, lr_scheduler, args, client_s
     if rng is not None:
         _recorded_save(failures, rng, rng_states_path(partial, global_rank()), safe_engine.checkpoint_format)
     _raise_if_any_rank_failed(failures, final)
-    ema_tag = _save_engine_ema(iteration, engine, save_dir)
+    ema_tag = _save_engine_ema(iteration, engine, save_dir, safe_engine.checkpoint_format)
     barrier()
     seal_directory(partial)
     barrier()
@@ -209,7 +219,7 @@ def _replace_dir(source: str, target: str) -> None:
     os.replace(source, target)
 
 
-def _save_engine_ema(iteration: int, engine, save_dir: str) -> str | None:
+def _save_engine_ema(iteration: int, engine, save_dir: str, checkpoint_format: tuple[str, int | str]) -> str | None:
     """Write the EMA weights of a ``FusedEmaAdam`` engine as ``<iteration>-ema.partial``; returns
     that tag, or None when the optimizer keeps no EMA (or, under ZeRO-3, cannot swap it in)."""
     if ema_optimizer_of(engine.optimizer) is None:
@@ -222,7 +232,8 @@ def _save_engine_ema(iteration: int, engine, save_dir: str) -> str | None:
         shutil.rmtree(os.path.join(save_dir, tag))
     barrier()
     print_rank0(f"saving the EMA weights as {os.path.join(save_dir, ema_checkpoint_tag(iteration))}")
-    save_ema_weights(os.path.join(save_dir, tag), engine.module, engine.optimizer, {"iteration": iteration})
+    state = {"iteration": iteration}
+    save_ema_weights(os.path.join(save_dir, tag), engine.module, engine.optimizer, state, *checkpoint_format)
     return tag
 
 
@@ -245,11 +256,11 @@ class _SafeCheckpointEngine:
             _recorded_save(self.failures, state_dict, path, self.checkpoint_format)
 
     def load(self, path: str, map_location=None):
-        if is_shard_path(path) and not os.path.isfile(path):
-            return read_checkpoint_file(path)  # saved as safetensors
+        rank_file = shard_path_of_safetensors(path)
+        if rank_file is not None:  # saved as safetensors (see _model_files_of_either_format)
+            return read_checkpoint_file(rank_file)
         check_file(path)
-        with torch.serialization.safe_globals(_deepspeed_safe_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        return load_torch_file(path, map_location=map_location, extra_globals=_deepspeed_safe_globals())
 
 
 def _deepspeed_safe_globals() -> list:
@@ -272,15 +283,16 @@ def use_safe_checkpoint_engine(engine) -> _SafeCheckpointEngine:
 
 def _model_files_of_either_format(find_pt_files):
     """DeepSpeed finds the model files to load by globbing ``mp_rank_*_model_states.pt``; for a
-    checkpoint saved as safetensors, give it each rank's ``.pt`` name (the safe engine's
-    ``load`` reads the safetensors files behind it)."""
+    checkpoint saved as safetensors, give it each rank's index (or single file), which the safe
+    engine's ``load`` reads as the whole checkpoint of that rank."""
 
     def find(checkpoints_path: str, tag) -> list[str]:
         found = find_pt_files(checkpoints_path, tag)
         iteration_dir = os.path.join(checkpoints_path, str(tag))
         if found or not os.path.isdir(iteration_dir):
             return found
-        return [shard_path(iteration_dir, rank) for rank in range(saved_model_parallel_size(iteration_dir))]
+        ranks = range(saved_model_parallel_size(iteration_dir))
+        return [entry_file(iteration_dir, model_states_stem(rank)) for rank in ranks]
 
     return find
 
@@ -318,12 +330,19 @@ def load_training_state(engine, lr_scheduler, args, load_path: str | None = None
         )
         if loaded is None:
             raise CheckpointError(f"DeepSpeed could not load the training state of {path}")
+    return restore_schedule_and_rng(state, path, lr_scheduler, args)
+
+
+def restore_schedule_and_rng(state: dict, path: str, lr_scheduler, args) -> dict:
+    """The part of resuming every engine shares: the learning-rate schedule from the client
+    ``state`` of the model file ``path``, and (unless ``--no-load-rng``) this rank's random
+    states under ``state["rng"]``. Returns ``state``."""
     if lr_scheduler is not None and state.get("client_lr_scheduler"):
         lr_scheduler.load_state_dict(state["client_lr_scheduler"])
     if not getattr(args, "no_load_rng", False):
         own = rng_states_path(os.path.dirname(path), global_rank())
         if os.path.isfile(own):
-            state["rng"] = torch.load(own, weights_only=True)
+            state["rng"] = load_torch_file(own)
         elif "torch_rng_state" in state:
             print_rank0(f"{own} is missing: every rank continues from rank 0's random states.", "WARNING")
             state["rng"] = {key: state[key] for key in rng_states() if key in state}

@@ -15,7 +15,7 @@ import os
 import torch
 
 from sat import mpu
-from sat.checkpoint import atomic_torch_save, shard_path, unwrap_module
+from sat.checkpoint import DEFAULT_MAX_SHARD_SIZE, shard_path, unwrap_module, write_model_states
 from sat.ops import FusedEmaAdam
 
 
@@ -97,16 +97,24 @@ def restore_ema_parameters_back(optimizer) -> None:
         _masters_to_model(optimizer)  # the untouched masters
 
 
-def save_ema_weights(iteration_dir: str, model: torch.nn.Module, optimizer, state: dict | None = None) -> None:
-    """Write the EMA weights of ``model`` as ``iteration_dir/mp_rank_XX_model_states.pt`` (the
-    first data-parallel copy of each model-parallel rank writes), with ``state`` beside
-    ``"module"``; the model keeps its trained weights. Every rank must call it."""
+def save_ema_weights(
+    iteration_dir: str,
+    model: torch.nn.Module,
+    optimizer,
+    state: dict | None = None,
+    checkpoint_format: str = "pt",
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+) -> None:
+    """Write the EMA weights of ``model`` as ``iteration_dir/mp_rank_XX_model_states.pt`` (or,
+    with ``checkpoint_format="safetensors"``, its safetensors files; the first data-parallel copy
+    of each model-parallel rank writes), with ``state`` beside ``"module"``; the model keeps its
+    trained weights. Every rank must call it."""
     update_ema_parameters_to_model(optimizer)
     try:
         if mpu.get_data_parallel_rank() == 0:
             weights = {key: value.detach().cpu().clone() for key, value in unwrap_module(model).state_dict().items()}
             os.makedirs(iteration_dir, exist_ok=True)
             path = shard_path(iteration_dir, mpu.get_model_parallel_rank())
-            atomic_torch_save({"module": weights, **(state or {})}, path)
+            write_model_states({"module": weights, **(state or {})}, path, checkpoint_format, max_shard_size)
     finally:
         restore_ema_parameters_back(optimizer)
