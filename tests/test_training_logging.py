@@ -9,8 +9,10 @@ import os
 import sys
 
 import pytest
+import torch
 
 from sat.training.deepspeed_training import _progress_bar, report_evaluate_metrics, report_iteration_metrics
+from sat.training.throughput import Throughput
 from sat.training.utils import Timers, get_sample_writer, init_wandb_writer, report_memory
 
 
@@ -82,3 +84,38 @@ def test_timers_and_memory_report_without_cuda(sat_log):
     assert line.startswith("time (ms) | forward: ") and "| backward: 0.00" in line and "never" not in line
     assert timers("forward").elapsed() == 0  # log reset it
     assert report_memory("after 1 iterations").startswith("after 1 iterations memory (MB) | peak resident: ")
+
+
+def test_iteration_line_ends_with_tokens_per_second_and_mfu():
+    throughput = Throughput(tokens_per_second=1234.56, mfu=0.1234)
+    line = report_iteration_metrics(None, None, 1e-4, 2.5, 12.5, 3, 10, _args(), {}, throughput=throughput)
+    assert line.endswith(" samples/(min*GPU) | 1234.6 tokens/(s*GPU) | MFU 12.34%")
+    unknown_peak = report_iteration_metrics(
+        None, None, 1e-4, 2.5, 12.5, 3, 10, _args(), {}, throughput=Throughput(9.0, None)
+    )
+    assert unknown_peak.endswith(" | 9.0 tokens/(s*GPU)")
+
+
+def test_throughput_meter_counts_training_tokens_and_model_flops(monkeypatch):
+    from sat.model import BaseModel
+    from sat.training import throughput
+    from tests.conftest import TINY
+
+    model = BaseModel(BaseModel.get_args(**TINY))
+    meter = throughput.ThroughputMeter(model, model_parallel_size=1)
+    ids = torch.zeros(2, 10, dtype=torch.long)
+    model.train()
+    model(ids, ids, -1)
+    model.eval()
+    model(ids, ids, -1)  # evaluation is not counted
+    assert throughput.measured_cpu_matmul_flops.__wrapped__(size=64, repeats=1) > 0  # FLOP/s of this CPU
+    monkeypatch.setattr(throughput, "measured_cpu_matmul_flops", lambda: 1e9)
+    result = meter.report(seconds=2.0)
+    params = sum(p.numel() for p in model.parameters())
+    flops_per_token = 6 * params + 12 * TINY["num_layers"] * TINY["hidden_size"] * 10
+    assert result == throughput.Throughput(tokens_per_second=10.0, mfu=20 * flops_per_token / 2.0 / 1e9)
+    assert meter.report(seconds=1.0) is None  # counting starts afresh
+    meter.close()
+    model.train()
+    model(ids, ids, -1)
+    assert meter.tokens == 0

@@ -60,6 +60,7 @@ from sat.training.checkpointing import (
     use_safe_checkpoint_engine,
 )
 from sat.training.learning_rates import AnnealingLR, get_learning_rate_scheduler
+from sat.training.throughput import Throughput, ThroughputMeter
 from sat.training.utils import Timers, get_sample_writer, init_wandb_writer, log_scalars, print_args, report_memory
 
 # Training stops with an error after this many non-finite micro-batches in a row.
@@ -464,6 +465,7 @@ def train(
     skipped_total = skipped_since_log = 0
     report_memory_flag = True
     progress = _progress_bar(args)
+    meter = ThroughputMeter(model.module if hasattr(model, "module") else model, args.model_parallel_size)
     timers("interval time").start()
     while args.iteration < args.train_iters:
         loss, skipped, metrics = train_step(
@@ -487,6 +489,7 @@ def train(
             report_iteration_metrics(
                 summary_writer, optimizer, learning_rate, total_loss / args.log_interval, elapsed_ms,
                 args.iteration, args.train_iters, args, average, skipped=skipped_since_log,
+                throughput=meter.report(elapsed_ms * args.log_interval / 1000.0),
             )  # fmt: skip
             if progress is not None:
                 progress.set_postfix(loss=f"{total_loss / args.log_interval:.4f}", lr=f"{learning_rate:.2e}")
@@ -510,6 +513,7 @@ def train(
 
         if args.exit_interval and args.iteration % args.exit_interval == 0:
             _exit_early(model, optimizer, lr_scheduler, args, streams, summary_writer)
+    meter.close()
     if progress is not None:
         progress.close()
     return args.iteration, skipped_total
@@ -645,9 +649,11 @@ def train_step(
 
 
 def report_iteration_metrics(
-    summary_writer, optimizer, lr, loss, elapsed_time, step, total_step, args, avg_metrics, skipped: int = 0
-) -> str:
-    """Print the original's log line (rank 0) and write the scalars; returns the line."""
+    summary_writer, optimizer, lr, loss, elapsed_time, step, total_step, args, avg_metrics, skipped: int = 0,
+    throughput: Throughput | None = None,
+) -> str:  # fmt: skip
+    """Print the original's log line (rank 0), followed by tokens/s and MFU when ``throughput``
+    is known (``sat.training.throughput``), and write the scalars; returns the line."""
     line = f" iteration {step:8d}/{total_step:8d} |"
     line += f" elapsed time per iteration (ms): {elapsed_time:.1f} |"
     line += f" learning rate {lr:.3E} |"
@@ -660,8 +666,14 @@ def report_iteration_metrics(
         line += f" skipped {skipped} |"
     samples = args.gradient_accumulation_steps * args.batch_size / args.model_parallel_size
     line += f" speed {samples / (elapsed_time / 60000.0):.2f} samples/(min*GPU)"
+    if throughput is not None:
+        line += f" | {throughput.describe()}"
     print_rank0(line)
     scalars = {"Train/lr": lr, "Train/train_loss": loss, "Train/elapsed_time": elapsed_time, "Train/skipped": skipped}
+    if throughput is not None:
+        scalars["Train/tokens_per_second"] = throughput.tokens_per_second
+        if throughput.mfu is not None:
+            scalars["Train/mfu"] = throughput.mfu
     scalars.update({f"Train/{key}": value for key, value in avg_metrics.items()})
     log_scalars(summary_writer, args, scalars, step)
     return line
