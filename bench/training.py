@@ -60,7 +60,7 @@ def lm_loss(model, rows: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def sat_args(p: dict, iters: int, save: str):
+def sat_args(p: dict, iters: int, save: str, extra: list[str] = ()):
     argv = [
         "--num-layers", str(p["layers"]), "--hidden-size", str(p["hidden"]), "--num-attention-heads", str(p["heads"]),
         "--vocab-size", str(p["vocab"]), "--max-sequence-length", str(p["seq"]),
@@ -69,7 +69,7 @@ def sat_args(p: dict, iters: int, save: str):
         "--lr-decay-style", "constant", "--log-interval", "5", "--num-workers", "0", "--save", save,
         "--save-interval", "100000", "--experiment-name", "bench",
     ]  # fmt: skip
-    return get_args(argv)
+    return get_args([*argv, *extra])
 
 
 def run_sat(p: dict, iters: int, state: dict, starts: list[float]) -> None:
@@ -127,10 +127,18 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     parser.add_argument("--output", default=None, help="also write the markdown table to this file")
+    parser.add_argument(
+        "--engines", action="store_true", help="compare DeepSpeed ZeRO-2 and --engine fsdp on 2 processes instead"
+    )
     options = parser.parse_args()
     logging.getLogger("sat").setLevel(logging.WARNING)  # training_main's log lines are not the point here
     torch.set_num_threads(options.threads)
     p = dict(PRESETS[options.preset], batch=options.batch, seq=options.seq)
+    if options.engines:
+        from training_engines import compare_engines
+
+        compare_engines(p, options)
+        return
     torch.manual_seed(0)
     state = GPT2Model(
         GPT2Model.get_args(

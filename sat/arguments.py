@@ -148,6 +148,13 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument("--seed", type=int, default=1234, help="random seed")
     group.add_argument("--zero-stage", type=int, default=0, choices=[0, 1, 2, 3], help="DeepSpeed ZeRO stage")
     group.add_argument(
+        "--engine",
+        type=str,
+        default="deepspeed",
+        choices=["deepspeed", "fsdp"],
+        help="training engine: DeepSpeed (ZeRO 0-3) or PyTorch FSDP2 (fully_shard per layer; docs/training.md)",
+    )
+    group.add_argument(
         "--checkpoint-activations",
         action="store_true",
         default=cli_default("checkpoint_activations"),
@@ -374,10 +381,28 @@ def get_args(args_list: list[str] | None = None, parser: argparse.ArgumentParser
     if args.mode != "inference":
         args.deepspeed = True
         _configure_deepspeed(args)
+        if args.engine == "fsdp":
+            _check_fsdp_args(parser, args)
     if args.world_size > 1 or args.model_parallel_size > 1:
         initialize_distributed(args)
     set_random_seed(args.seed)
     return args
+
+
+def _check_fsdp_args(parser: argparse.ArgumentParser, args) -> None:
+    """``--engine fsdp`` shards the model itself over the data-parallel ranks, in fp32 or bf16."""
+    if args.model_parallel_size > 1:
+        parser.error(
+            f"--engine fsdp with --model-parallel-size {args.model_parallel_size}: FSDP here shards over data "
+            "parallelism only; use --engine deepspeed for model parallelism"
+        )
+    if args.zero_stage != 0:
+        parser.error(
+            f"--engine fsdp shards parameters, gradients and optimizer states itself: drop --zero-stage "
+            f"{args.zero_stage} (or the zero_optimization stage of --deepspeed_config)"
+        )
+    if args.fp16:
+        parser.error("--engine fsdp trains in fp32 or --bf16 (fp16 would need a loss scaler): use --bf16")
 
 
 def _configure_deepspeed(args) -> None:

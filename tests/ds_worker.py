@@ -25,6 +25,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 
 from sat.model import BaseMixin, BaseModel
 
@@ -126,6 +127,11 @@ def _inject_save_crash(iteration: int) -> None:
     torch.save = crashing_save
 
 
+def _whole(param: torch.Tensor) -> torch.Tensor:
+    """A parameter whole: gathered from its shards under ``--engine fsdp`` (a collective)."""
+    return param.full_tensor() if isinstance(param, DTensor) else param
+
+
 def main() -> None:
     from sat import get_args
     from sat.training.deepspeed_training import training_main
@@ -180,7 +186,8 @@ def main() -> None:
     rank = torch.distributed.get_rank()
     module = engine.module if hasattr(engine, "module") else engine
     with deepspeed.zero.GatheredParameters(list(module.parameters())):
-        torch.save({name: p.detach().float().clone() for name, p in module.named_parameters()}, f"{out}/rank{rank}.pt")
+        params = {name: _whole(p).detach().float().clone() for name, p in module.named_parameters()}
+    torch.save(params, f"{out}/rank{rank}.pt")
     record["experiment_name"] = args.experiment_name
     record["iteration"] = args.iteration
     with open(f"{out}/rank{rank}.json", "w") as f:

@@ -165,23 +165,31 @@ def training_main(
         if args.save_interval is None:
             args.save_interval = max(1, args.train_iters // args.epochs)
 
-    model = get_model(args, model_cls) if isinstance(model_cls, type) else _to_device(model_cls, args)
+    fsdp = _fsdp_engine(args)
+    if fsdp is not None:
+        model = fsdp.build_fsdp_model(args, model_cls)
+    else:
+        model = get_model(args, model_cls) if isinstance(model_cls, type) else _to_device(model_cls, args)
     if args.save:
         args.summary_dir = args.summary_dir or args.save  # tensorboard runs next to the checkpoints
         args.save = os.path.join(args.save, args.experiment_name)
         lock_save_directory(args.save)
     resume_iteration = _resume_iteration(args)
-    args.iteration = load_checkpoint(model, args, specific_iteration=resume_iteration) if args.load else 0
+    load = fsdp.load_fsdp_weights if fsdp is not None else load_checkpoint
+    args.iteration = load(model, args, specific_iteration=resume_iteration) if args.load else 0
     dist.barrier()
     if callbacks.init_function is not None:
         callbacks.init_function(args, model)
 
     iteration, optimizer, lr_scheduler, streams = 0, None, None, {}
     if args.train_iters > 0 and args.do_train:
-        model, optimizer = setup_model_untrainable_params_and_optimizer(args, model)
+        setup = fsdp.setup_fsdp_engine if fsdp is not None else setup_model_untrainable_params_and_optimizer
+        model, optimizer = setup(args, model)
         lr_scheduler = get_learning_rate_scheduler(optimizer, args.iteration, args)
         resumed = (
-            load_training_state(model, lr_scheduler, args, iteration=resume_iteration)
+            (fsdp.load_fsdp_training_state if fsdp is not None else load_training_state)(
+                model, lr_scheduler, args, iteration=resume_iteration
+            )
             if args.load and args.mode == "pretrain"
             else {}
         )
@@ -224,6 +232,14 @@ def training_main(
         )  # fmt: skip
     release_save_directory()
     return model
+
+
+def _fsdp_engine(args):
+    """``sat.training.fsdp_engine`` for ``--engine fsdp``, else None (DeepSpeed). Imported here,
+    not at the top: it builds on this module, and torch's FSDP loads only when asked for."""
+    if getattr(args, "engine", "deepspeed") != "fsdp":
+        return None
+    return importlib.import_module("sat.training.fsdp_engine")
 
 
 def _resume_iteration(args) -> int | None:
