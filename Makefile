@@ -20,7 +20,7 @@ export TRANSFORMERS_OFFLINE := 1
 # A per-venv cache for DeepSpeed's JIT ops: venvs sharing one keep invalidating each other.
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint docs demo clean
 
 install: $(STAMP)
 
@@ -36,7 +36,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check sat tests examples scripts bench
 	$(BIN)/lint-imports --no-cache
 
-test: lint
+# The documentation site (mkdocs.yml) into build/site; --strict: a warning (a broken link, a public
+# class or function without a docstring) fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: lint docs
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 demo: $(STAMP)

@@ -116,8 +116,10 @@ def from_hf(
             other; translate a ``copy.deepcopy`` to keep them apart).
         dtype: ``None`` follows ``overrides`` (``bf16=True``; else float32), ``"auto"`` keeps the
             weights' own dtype, a ``torch.dtype`` (or ``"bf16"``...) converts tensor by tensor.
-        device_map, max_memory, offload_folder: placement over GPUs, CPU and disk, as for
+        device_map: placement of the layers over GPUs, CPU and disk, as for
             ``BaseModel.from_pretrained`` (docs/big_models.md).
+        max_memory: the memory each device may take (``{0: "20GiB", "cpu": "60GiB"}``).
+        offload_folder: where layers placed on ``"disk"`` are kept.
         overrides: sat arguments to set on top of the translated configuration
             (``bf16=True``, ``checkpoint_activations=True``...).
     Returns:

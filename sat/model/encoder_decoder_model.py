@@ -48,7 +48,8 @@ class EncoderDecoderModel(CompositeModel):
     Args:
         args: the encoder's arguments; ``dec_*`` arguments (``--dec-num-layers``...) override
             them for the decoder.
-        encoder, decoder: ready-made ``BaseModel``s to use instead of building them.
+        encoder: a ready-made ``BaseModel`` to use instead of building one.
+        decoder: a ready-made decoder ``BaseModel`` to use instead of building one.
         tie_word_embeddings: the decoder uses the encoder's word embedding module.
         params_dtype: dtype of the parameters.
         kwargs: passed to both ``BaseModel`` constructors (they override ``args``).

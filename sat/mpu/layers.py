@@ -119,10 +119,12 @@ class ColumnParallelLinear(_ParallelLayer):
     """``Y = X A^T + b`` with ``A``'s output rows split across model-parallel ranks.
 
     Args:
-        input_size, output_size: full sizes of the layer.
+        input_size: full input size of the layer.
+        output_size: full output size of the layer.
         gather_output: all-gather the output so every rank sees all of it.
         stride: block layout of a fused weight (see ``sat.mpu.partition``).
-        module, name: passed to ``init_method`` so custom inits can depend on them.
+        module: passed to ``init_method`` so custom inits can depend on it.
+        name: passed to ``init_method`` with ``module``.
         skip_init: leave the parameters uninitialised (the caller fills them in).
     """
 

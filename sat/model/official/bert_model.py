@@ -80,6 +80,8 @@ class BertTypeMixin(BaseMixin):
 
 
 class BertModel(BaseModel):
+    """BERT (post-LN, erf GELU, token types, masked-LM head): ``BertModel(args)`` or ``from_pretrained``."""
+
     def __init__(self, args, transformer=None, **kwargs):
         kwargs.setdefault("activation_func", F.gelu)
         super().__init__(args, transformer=transformer, **kwargs)

@@ -34,6 +34,8 @@ class SwiGLUMixin(_ChatGLM2SwiGLUMixin):
 
 
 class ChatGLM3Model(ChatGLM2Model):
+    """ChatGLM3-6B: ChatGLM2 with a scaled rotary base (``--base-scale``)."""
+
     def _attention_mixin(self, args) -> BaseMixin:
         t = self.transformer
         return ChatGLM3AttnMixin(

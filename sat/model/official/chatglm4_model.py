@@ -26,6 +26,8 @@ class ChatGLM4AttnMixin(ChatGLM2AttnMixin):
 
 
 class ChatGLM4Model(ChatGLM2Model):
+    """GLM-4: ChatGLM2 with half-split rotary on the first half of each head's channels."""
+
     def __init__(self, args, transformer=None, **kwargs):
         super().__init__(args, transformer=transformer, **kwargs)
         self.pad_token_id = getattr(args, "pad_token_id", None)

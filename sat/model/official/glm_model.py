@@ -48,6 +48,8 @@ def get_masks_and_position_ids_glm(seq: torch.Tensor, mask_position: int, contex
 
 
 class GLMModel(BaseModel):
+    """GLM with 2-D (absolute + block) position embeddings and the tied output head."""
+
     def __init__(self, args, transformer=None, **kwargs):
         super().__init__(args, transformer=transformer, **kwargs)
         self.add_mixin(

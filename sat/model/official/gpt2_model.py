@@ -29,6 +29,8 @@ class GPT2FinalMixin(BaseMixin):
 
 
 class GPT2Model(BaseModel):
+    """GPT-2: tanh-GELU backbone with its own output projection (none with ``--headless``)."""
+
     def __init__(self, args, transformer=None, **kwargs):
         kwargs.setdefault("activation_func", gelu)
         super().__init__(args, transformer=transformer, **kwargs)

@@ -31,6 +31,8 @@ GPTJ_ARCHITECTURE = dict(
 
 
 class GPTJModel(BaseModel):
+    """GPT-J: parallel attention and MLP, partial interleaved rotary, untied biased head."""
+
     def __init__(self, args, transformer=None, **kwargs):
         super().__init__(args, transformer=transformer, **{**GPTJ_ARCHITECTURE, **kwargs})
         if getattr(args, "headless", False):

@@ -40,6 +40,8 @@ def rename_legacy_keys(module, state_dict: dict, prefix: str, *args) -> None:
 
 
 class LLaMAModel(BaseModel):
+    """LLaMA: RMSNorm, SwiGLU, rotary (MHA or GQA), untied head ``lm`` (none with ``--headless``)."""
+
     def __init__(self, args, transformer=None, layernorm=RMSNorm, activation_func=F.silu, **kwargs):
         kwargs = {"is_rotary_emb": True, "is_gated_mlp": True, "init_method_std": 0.01, **kwargs}
         super().__init__(args, transformer=transformer, layernorm=layernorm, activation_func=activation_func, **kwargs)

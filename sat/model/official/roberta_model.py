@@ -22,6 +22,8 @@ def roberta_position_ids(input_ids: torch.Tensor, padding_idx: int = 1) -> torch
 
 
 class RobertaModel(BertModel):
+    """RoBERTa: BERT without token types, with HF's position numbering from ``padding_idx + 1``."""
+
     def __init__(self, args, transformer=None, **kwargs):
         super().__init__(args, transformer=transformer, **kwargs)
         if not getattr(args, "use_token_types", False):
