@@ -15,6 +15,7 @@ from test_training import ARGV, launch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from sat.checkpoint import CheckpointError, SafetensorsState, parse_size, read_checkpoint_file, rng_states
+from sat.checkpoint.recovery import choose_resume_iteration
 from sat.checkpoint.writing import write_model_states
 from sat.hf import from_hf, read_hf_weights, save_hf
 from sat.model import AutoModel, BaseMixin, BaseModel
@@ -172,6 +173,14 @@ def test_damaged_files_raise_checkpoint_errors_naming_them(tmp_path, tiny_args):
     os.remove(second)
     with pytest.raises(CheckpointError, match=f"index.json names {second}, which does not exist"):
         AutoModel.from_pretrained(folder)
+
+
+def test_resume_finds_a_safetensors_checkpoint_without_manifest(tmp_path, tiny_args):
+    """The reshard tool writes no manifest; resuming from its output needs the model file only."""
+    args = tiny_args()
+    folder = _save(BaseModel(args), args, str(tmp_path / "ckpt"))
+    _without_manifest(os.path.join(folder, "1"))
+    assert choose_resume_iteration(folder, writable=False) == 1
 
 
 def test_mp2_safetensors_reshards_to_mp1_and_mp4_exactly(tmp_path, tiny_args):

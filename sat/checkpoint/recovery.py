@@ -15,8 +15,15 @@ import shutil
 
 from sat.checkpoint.atomic import atomic_write_text, fsync_directory
 from sat.checkpoint.errors import CheckpointError
-from sat.checkpoint.layout import get_checkpoint_iteration, get_checkpoint_tracker_filename, read_latest, shard_path
+from sat.checkpoint.layout import (
+    get_checkpoint_iteration,
+    get_checkpoint_tracker_filename,
+    model_states_stem,
+    read_latest,
+    shard_path,
+)
 from sat.checkpoint.manifest import iteration_directories, verify_directory
+from sat.checkpoint.safetensors_files import has_safetensors
 from sat.helpers import print_rank0
 from sat.runtime import from_rank0, global_rank
 
@@ -42,7 +49,8 @@ def _problems(load_path: str, iteration: int) -> list[str]:
     problems = verify_directory(directory, checksums=True, distributed=True)
     if problems is None:
         model_file = shard_path(directory, 0)
-        problems = [] if os.path.isfile(model_file) else [f"{model_file} is missing (and there is no manifest)"]
+        present = os.path.isfile(model_file) or has_safetensors(directory, model_states_stem(0))
+        problems = [] if present else [f"{model_file} (or its safetensors) is missing, and there is no manifest"]
     return from_rank0(problems)
 
 
