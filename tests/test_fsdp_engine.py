@@ -1,5 +1,6 @@
 """``training_main`` on the FSDP2 engine (``--engine fsdp``) over 2 processes (gloo): the same
-losses as DeepSpeed ZeRO-2 in fp32, an exact resume in new processes, bf16 training, and
+losses as DeepSpeed ZeRO-2 in fp32, an exact resume in new processes, bf16 training (with
+activation checkpointing), and
 checkpoints in the DeepSpeed path's layout that ``AutoModel.from_pretrained`` loads.
 
 The runs are ``tests/ds_worker.py`` processes (``tests/test_training.py``'s tiny causal LM,
@@ -21,7 +22,11 @@ from sat.model import AutoModel
 
 ITERATIONS = 20
 MICRO_BATCHES = 2 * ITERATIONS
-CONFIGS = {"deepspeed": ["--zero-stage", "2"], "fsdp": ["--engine", "fsdp"], "bf16": ["--engine", "fsdp", "--bf16"]}
+CONFIGS = {
+    "deepspeed": ["--zero-stage", "2"],
+    "fsdp": ["--engine", "fsdp"],
+    "bf16": ["--engine", "fsdp", "--bf16", "--checkpoint-activations"],
+}
 _RUNS: dict = {}
 
 
@@ -102,7 +107,7 @@ def test_fsdp_resume_from_iteration_10_in_new_processes_continues_the_same_loss_
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
-def test_fsdp_bf16_trains_and_saves_bf16_weights_with_fp32_masters(tmp_path_factory):
+def test_fsdp_bf16_with_activation_checkpointing_trains_and_saves_bf16_weights_with_fp32_masters(tmp_path_factory):
     results, checkpoint = run(tmp_path_factory, "bf16")
     losses = results[0]["losses"]
     assert len(losses) == MICRO_BATCHES and all(torch.isfinite(torch.tensor(losses)))
