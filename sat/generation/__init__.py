@@ -9,6 +9,7 @@ from sat.generation.autoregressive_sampling import (
     update_mems,
 )
 from sat.generation.batch_generation import batch_filling_sequence
+from sat.generation.compile import compile_for_generation
 from sat.generation.encoder_decoder import encoder_decoder_filling_sequence
 from sat.generation.sampling_strategies import BaseStrategy, BeamSearchStrategy
 
@@ -16,6 +17,7 @@ __all__ = [
     "BaseStrategy",
     "BeamSearchStrategy",
     "batch_filling_sequence",
+    "compile_for_generation",
     "encoder_decoder_filling_sequence",
     "evaluate_perplexity",
     "filling_sequence",
