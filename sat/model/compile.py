@@ -23,7 +23,7 @@ def compile_layers(model: torch.nn.Module, *, fullgraph: bool = True, **compile_
     layers = getattr(transformer, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
         raise TypeError(
-            f"compile_layers needs a sat model or BaseTransformer (with .transformer.layers), got {type(model).__name__}"
+            f"compile_layers needs a sat model or a BaseTransformer (.transformer.layers), got {type(model).__name__}"
         )
     for layer in layers:
         layer.compile(fullgraph=fullgraph, **compile_kwargs)
