@@ -83,10 +83,9 @@ def read_manifest(directory: str) -> dict[str, dict] | None:
     path = os.path.join(directory, MANIFEST)
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
     try:
-        manifest = json.loads(text)
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
         files = manifest["files"]
         if manifest.get("algorithm") != ALGORITHM or not isinstance(files, dict):
             raise ValueError(f"algorithm {manifest.get('algorithm')!r}, files of type {type(files).__name__}")
