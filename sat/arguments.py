@@ -174,6 +174,11 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     )
     group.add_argument("--fp16", action="store_true", help="train in fp16")
     group.add_argument("--bf16", action="store_true", help="train in bf16")
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each transformer layer as one graph (sat.model.compile.compile_layers)",
+    )
     group.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step")
     group.add_argument("--profiling", type=int, default=-1, help="-1: off; N: profile after N warm-up iterations")
     group.add_argument("--epochs", type=int, default=None, help="number of training epochs")

@@ -10,6 +10,7 @@ bench/compile.py runs it and measures the speed-up.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sat.model import BaseModel
@@ -96,3 +97,11 @@ def test_compiled_training_step_equals_eager():
     assert compiled_grads.keys() == eager_grads.keys() and len(eager_grads) > 0
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=0, atol=1e-5, msg=name)
+
+
+def test_compile_flag_and_bad_target():
+    from sat import get_args
+
+    assert get_args(["--compile"]).compile and not get_args([]).compile
+    with pytest.raises(TypeError, match="compile_layers needs a sat model or a BaseTransformer"):
+        compile_layers(torch.nn.Linear(2, 2))

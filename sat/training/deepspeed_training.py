@@ -50,6 +50,7 @@ from sat.data_utils import make_loaders
 from sat.data_utils.samplers import DistributedBatchSampler
 from sat.helpers import get_free_port, print_all, print_rank0
 from sat.model.build import get_model
+from sat.model.compile import compile_layers
 from sat.ops.layernorm import NO_WD_MODULES
 from sat.runtime import assign_device, initialize_distributed, set_random_seed
 from sat.training.checkpointing import (
@@ -178,6 +179,8 @@ def training_main(
     load = fsdp.load_fsdp_weights if fsdp is not None else load_checkpoint
     args.iteration = load(model, args, specific_iteration=resume_iteration) if args.load else 0
     dist.barrier()
+    if getattr(args, "compile", False):
+        compile_layers(model)  # after loading: the state dict is the same, the layers run compiled
     if callbacks.init_function is not None:
         callbacks.init_function(args, model)
 
