@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from sat.generation.sampling_strategies.base_strategy import BaseStrategy
+from sat.generation.weight_layout import lay_out_for_decoding_
 from sat.model.cached_autoregressive_model import KVCache
 
 MasksAndPositions = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -86,6 +87,7 @@ def stream_filling_sequence(
     strategy = strategy if strategy is not None else BaseStrategy()
     context_length = _context_length(seq)
     batch_size = max(batch_size, getattr(strategy, "num_beams", 1))
+    lay_out_for_decoding_(model, batch_size)  # every step after the prompt multiplies batch_size rows
     tokens, attention_mask, position_ids = get_masks_and_position_ids(seq)
     tokens = tokens[..., :context_length]
     # The default masks are plain causal: let the backbone build them (SDPA-eligible).
@@ -119,6 +121,7 @@ def stream_filling_sequence(
             -1 if causal else attention_mask[..., index : counter + 1, : counter + 1],
             mems=mems,
             log_attention_weights=weights,
+            last_logits_only=True,
             **kw_args,
         )
         mems = _advance_cache(mems, outputs, counter + 1, max_memory_length)
@@ -126,7 +129,7 @@ def stream_filling_sequence(
             kw_args["encoder_outputs"] = [out["mem_cross"] for out in outputs]
         index = counter + 1
         tokens, mems = _expand_batch(tokens, mems, batch_size)
-        logits = logits[:, -1].expand(batch_size, -1)  # [b, vocab]
+        logits = logits[:, -1].expand(batch_size, -1)  # [b, vocab]: the one position computed
         tokens, mems = strategy.forward(logits, tokens, mems)
         counter += 1
         pending = False

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from sat.generation.sampling_strategies.base_strategy import BaseStrategy
+from sat.generation.weight_layout import lay_out_for_decoding_
 from sat.model.cached_autoregressive_model import KVCache
 
 
@@ -40,27 +41,29 @@ def batch_filling_sequence(
     if not rows or min(len(row) for row in rows) == 0:
         raise ValueError("batch_filling_sequence needs at least one prompt, and no empty prompt")
     width = max(len(row) for row in rows)
+    total = width + max_new_tokens
     tokens = torch.full((len(rows), width), pad_token_id, dtype=torch.long, device=device)
-    real = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+    # Which keys are real, for every position the generation can reach, written once: a step's
+    # mask is a view of it, never rebuilt.
+    real = torch.ones(len(rows), 1, 1, total, dtype=torch.bool, device=device)  # [b, 1, 1, total]
     for i, row in enumerate(rows):
         tokens[i, width - len(row) :] = row
-        real[i, width - len(row) :] = True
-    positions = (real.long().cumsum(-1) - 1).clamp(min=0)  # [b, width]; each row starts at 0
-    dtype = next(model.parameters()).dtype
-    causal = torch.ones(width, width, dtype=dtype, device=device).tril()
-    mask = causal[None, None] * real[:, None, None, :].to(dtype)  # [b, 1, width, width]
+        real[i, ..., : width - len(row)] = False
+    positions = (real[:, 0, 0, :width].long().cumsum(-1) - 1).clamp(min=0)  # [b, width]; each row starts at 0
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    mask = causal & real[..., :width]  # [b, 1, width, width]
 
-    cache = KVCache(len(model.transformer.layers), capacity=width + max_new_tokens)
-    logits = model(tokens, positions, mask, mems=cache, **kw_args)[0][:, -1]  # [b, vocab]
-    next_position = positions[:, -1:] + 1
-    for _ in range(max_new_tokens):
+    lay_out_for_decoding_(model, len(rows))  # every step after the prompts multiplies one row per prompt
+    cache = KVCache(len(model.transformer.layers), capacity=total)
+    logits = model(tokens, positions, mask, mems=cache, last_logits_only=True, **kw_args)[0][:, -1]  # [b, vocab]
+    for step in range(max_new_tokens):
         tokens, cache = strategy.forward(logits, tokens, cache)
-        if strategy.is_done or tokens.shape[1] == width + max_new_tokens:
+        if strategy.is_done or tokens.shape[1] == total:
             break
-        real = torch.cat((real, torch.ones_like(real[:, :1])), dim=1)
-        step_mask = real[:, None, None, :].to(dtype)  # [b, 1, 1, keys]: the new token sees every real key
-        logits = model(tokens[:, -1:], next_position, step_mask, mems=cache, **kw_args)[0][:, -1]
-        next_position = next_position + 1
+        step_mask = real[..., : tokens.shape[1]]  # [b, 1, 1, keys]: the new token sees every real key
+        step_positions = positions[:, -1:] + step + 1  # [b, 1]
+        logits = model(tokens[:, -1:], step_positions, step_mask, mems=cache, last_logits_only=True, **kw_args)
+        logits = logits[0][:, -1]
     strategy.finalize(tokens, cache)
     return [_trim(tokens[i, width - len(row) :], len(row), strategy.end_tokens) for i, row in enumerate(rows)]
 

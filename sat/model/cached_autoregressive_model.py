@@ -129,8 +129,9 @@ class CachedAutoregressiveMixin(BaseMixin):
                     past_k = past_k.expand(k.shape[0], *past_k.shape[1:])
                     past_v = past_v.expand(k.shape[0], *past_v.shape[1:])
                 k, v = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
-        if attention_mask_kind(mask) == CAUSAL and mask.shape[-1] != k.shape[2]:
-            # The backbone's causal mask covers the new tokens only: widen it to the cached keys.
+        if attention_mask_kind(mask) == CAUSAL and mask.shape[-1] != k.shape[2] and new_length > 1:
+            # The backbone's causal mask covers the new tokens only: widen it to the cached keys
+            # (one new token sees every key: its [1, 1] mask broadcasts as it is).
             mask = causal_attention_mask(new_length, mask.dtype, mask.device, key_length=k.shape[2])
         return old_impl(q, k, v, mask, dropout_fn, mems=mems, **kw_args)
 

@@ -2,9 +2,10 @@
 
 Which kernel runs is decided from configuration, never from mask values: the backbone tags
 the masks it builds itself (``attention_mask=None`` is "full", ``CAUSAL_MASK`` is "causal"), and
-only a tagged mask, unchanged, may take the SDPA path. Any other mask (padding masks, masks a
-mixin rebuilt) runs the eager path with exactly the original semantics. Reading a tag is a
-Python attribute lookup: no device sync, nothing for ``torch.compile`` to trip over.
+a mask tensor the caller passed carries its SDPA form, converted once per forward
+(``user_attention_mask``). Only such a mask, unchanged, may take the SDPA path; a mask a mixin
+rebuilt runs the eager path with exactly the original semantics. Reading a tag is a Python
+attribute lookup: no device sync, nothing for ``torch.compile`` to trip over.
 
 Dropout here draws from whatever random stream the caller makes current: the caller passes a
 ``dropout_context`` (the backbone passes the model-parallel one), so kernels know nothing of
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 FULL = "full"
 CAUSAL = "causal"
 _KIND = "_sat_mask_kind"
+_SDPA_FORM = "_sat_sdpa_form"
 
 CAUSAL_MASK = -1
 """``attention_mask=CAUSAL_MASK`` (the original's ``-1``) asks the backbone for causal attention."""
@@ -84,7 +86,32 @@ def resolve_attention_mask(
         raise ValueError(
             f"attention_mask must have shape [sq, sk] or [b, 1, sq, sk], got {tuple(attention_mask.shape)}"
         )
-    return attention_mask.to(dtype)
+    return user_attention_mask(attention_mask, dtype)
+
+
+def user_attention_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A caller's mask (1 = attend, any value but 0 attends) as the layers get it: in ``dtype``,
+    its shape unchanged (what hooks see, as in the original), carrying its SDPA form.
+
+    The SDPA form is computed here, once per forward and on the device: the boolean mask, with
+    the rows that attend to nothing opened to every key (SDPA would give NaN there), and a
+    ``[..., sq, 1]`` factor in ``dtype``, 0 on those rows and 1 elsewhere, by which
+    ``sdpa_attention`` multiplies the queries: a zero query scores every key alike, so the row
+    becomes the uniform average of the values, as the eager reference's all ``-10000`` scores
+    make it. The caller's tensor itself is never tagged (a new view is).
+    """
+    converted = mask.to(dtype)
+    if converted is mask:
+        converted = mask.view_as(mask)
+    allowed = mask if mask.dtype == torch.bool else mask != 0  # [..., sq, sk]
+    attends = allowed.any(dim=-1, keepdim=True)  # [..., sq, 1]
+    setattr(converted, _SDPA_FORM, (allowed | ~attends, attends.to(dtype)))
+    return converted
+
+
+def sdpa_mask_form(mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(boolean mask, query factor)`` of a mask from ``user_attention_mask``, else ``None``."""
+    return getattr(mask, _SDPA_FORM, None)
 
 
 def attention_mask_kind(mask: torch.Tensor | None) -> str | None:
@@ -142,31 +169,30 @@ def sdpa_attention(
     scale: float | None = None,
     dropout_context: DropoutContext = contextlib.nullcontext,
     sliding_window: int = 0,
+    mask_form: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``scaled_dot_product_attention`` for a full or causal mask; K/V may have fewer heads.
+    """``scaled_dot_product_attention`` for a full or causal mask, or a caller's mask given by
+    its ``mask_form`` (``sdpa_mask_form``; ``kind`` is then ignored); K/V may have fewer heads.
 
     A causal mask with more keys than queries (cached decoding, prefixes) is aligned to the
     last query: query ``i`` sees keys ``j <= i + sk - sq``. ``sliding_window > 0`` further
     limits each query to keys less than ``sliding_window`` positions back
-    (``sliding_window_mask``).
+    (``sliding_window_mask``); it does not combine with ``mask_form``.
     """
+    if mask_form is not None:
+        mask, keep = mask_form  # [..., sq, sk] bool, [..., sq, 1]
+        query_layer = query_layer * keep  # zero queries on the rows that attend to nothing
+        is_causal = False
+    else:
+        mask, is_causal = _configured_mask(
+            kind, query_layer.shape[-2], key_layer.shape[-2], sliding_window, query_layer.device
+        )
     # The fused kernels need unit stride in the last dimension, or SDPA silently falls back
     # to the slow math kernel. Decoding breaks it: sat.ops.linear returns few-row products
     # column-major, and the heads split from them (rotated or not) keep that layout.
     query_layer, key_layer, value_layer = (
         t if t.stride(-1) == 1 else t.contiguous() for t in (query_layer, key_layer, value_layer)
     )
-    sq, sk = query_layer.shape[-2], key_layer.shape[-2]
-    mask, is_causal = None, False
-    if sliding_window and sk > sliding_window:  # the last query sees key 0 unless windowed
-        mask = sliding_window_mask(sq, sk, sliding_window, query_layer.device)  # [sq, sk]
-        if kind == CAUSAL:
-            mask = mask.tril(sk - sq)
-    elif kind == CAUSAL and sq > 1:
-        if sq == sk:
-            is_causal = True
-        else:
-            mask = torch.ones(sq, sk, dtype=torch.bool, device=query_layer.device).tril(sk - sq)
     gqa = key_layer.shape[1] != query_layer.shape[1]
     with dropout_context() if dropout_p > 0 else contextlib.nullcontext():
         return F.scaled_dot_product_attention(
@@ -178,4 +204,18 @@ def sdpa_attention(
             is_causal=is_causal,
             scale=scale,
             enable_gqa=gqa,
-        )
+        )  # [b, np, sq, hn]
+
+
+def _configured_mask(
+    kind: str, sq: int, sk: int, sliding_window: int, device: torch.device
+) -> tuple[torch.Tensor | None, bool]:
+    """SDPA's ``(attn_mask, is_causal)`` for a full or causal mask (and a sliding window)."""
+    if sliding_window and sk > sliding_window:  # the last query sees key 0 unless windowed
+        mask = sliding_window_mask(sq, sk, sliding_window, device)  # [sq, sk]
+        return (mask.tril(sk - sq) if kind == CAUSAL else mask), False
+    if kind == CAUSAL and sq > 1:
+        if sq == sk:
+            return None, True
+        return torch.ones(sq, sk, dtype=torch.bool, device=device).tril(sk - sq), False
+    return None, False

@@ -26,3 +26,22 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if bias is not None:
         out = out + bias
     return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def lay_out_for_rows_(weight: torch.nn.Parameter, rows: int) -> None:
+    """Store a CPU fp32 ``[out, in]`` weight in the memory order fastest for ``linear`` over
+    ``rows``-row inputs (bench/linear.py): ``[in, out]`` memory (a column-major view) for one
+    row, where BLAS's product over it is about 12% faster, ``[out, in]`` memory otherwise, where
+    ``linear``'s few-rows route is. Values are unchanged; only ``weight.data`` is replaced, once
+    per change of order. A weight that is a view into a larger buffer (a flat ZeRO or FSDP
+    parameter) is left alone: moving it would cut it off from that buffer.
+    """
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or weight.dim() != 2:
+        return
+    column_major = rows == 1
+    if weight.t().is_contiguous() if column_major else weight.is_contiguous():
+        return
+    if weight.untyped_storage().nbytes() != weight.numel() * weight.element_size():
+        return
+    with torch.no_grad():
+        weight.data = weight.data.t().contiguous().t() if column_major else weight.data.contiguous()

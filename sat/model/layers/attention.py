@@ -48,19 +48,22 @@ def attention_fn_default(
     """Attention proper: q ``[b, np, sq, hn]``, k/v ``[b, nkv, sk, hn]`` (``nkv`` divides ``np``:
     MQA/GQA), mask broadcastable to ``[b, np, sq, sk]`` (1 = attend) -> ``[b, np, sq, hn]``.
 
-    Runs SDPA when the mask is one the backbone built (full or causal) and no additive
+    Runs SDPA when the mask is one the backbone built (full or causal) or the caller passed
+    (unchanged, carrying its SDPA form; not with a sliding window) and no additive
     ``log_attention_weights`` or custom dropout is involved; the eager ``standard_attention``
-    otherwise. ``sliding_window > 0`` (the layer's ``sliding_window``) limits each query, aligned
-    to the last key, to the keys less than that many positions back: keys out of every query's
-    window (older cached ones) are dropped first, so decoding attends to the window only.
+    otherwise, with the same outputs. ``sliding_window > 0`` (the layer's ``sliding_window``)
+    limits each query, aligned to the last key, to the keys less than that many positions back:
+    keys out of every query's window (older cached ones) are dropped first, so decoding attends
+    to the window only.
     """
     kind = kernels.attention_mask_kind(attention_mask)
+    mask_form = None if kind is not None or sliding_window else kernels.sdpa_mask_form(attention_mask)
     if sliding_window:
         key_layer, value_layer, attention_mask, log_attention_weights = _drop_keys_before_window(
             query_layer.shape[2], key_layer, value_layer, attention_mask, log_attention_weights, sliding_window
         )
     plain_dropout = attention_dropout is None or isinstance(attention_dropout, torch.nn.Dropout)
-    if kind is not None and log_attention_weights is None and plain_dropout:
+    if (kind is not None or mask_form is not None) and log_attention_weights is None and plain_dropout:
         dropout_p = attention_dropout.p if attention_dropout is not None and attention_dropout.training else 0.0
         return kernels.sdpa_attention(
             query_layer,
@@ -71,6 +74,7 @@ def attention_fn_default(
             scale=None if scaling_attention_score else 1.0,
             dropout_context=model_parallel_dropout_context,
             sliding_window=sliding_window,
+            mask_form=mask_form,
         )
     if sliding_window and key_layer.shape[2] > sliding_window:
         sq, sk = query_layer.shape[2], key_layer.shape[2]
