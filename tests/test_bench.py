@@ -60,3 +60,10 @@ def test_steady_malloc_is_reported_and_can_be_turned_off():
     assert "glibc malloc keeping freed memory" in run_bench("models.py", *args)
     system = run_bench("models.py", *args, "--system-malloc")
     assert "system malloc" in system and "keeping freed memory" not in system
+
+
+def test_sat_gpt2_bench_decodes_the_same_tokens_as_transformers():
+    args = ("--presets", "small", "--parts", "decode", "batched", "--new-tokens", "6", "--batched-new-tokens", "4")
+    rows = table_rows(run_bench("sat_gpt2.py", *args, "--repeats", "1", "--warmup", "0", "--threads", "1"))
+    assert [row[1] for row in rows] == ["greedy 6 tokens", "greedy 4 tokens"]
+    assert all(row[-1] == "True" for row in rows)
