@@ -6,8 +6,9 @@ Each rank times its iterations after the warm-up ones as ``bench/training.py`` d
 step start to forward step start) and reports its peak resident memory (``ru_maxrss``) and
 how far that peak rose above its resident memory right before ``training_main`` (imports and
 the process group already counted there, so the rise is the model, gradients, optimizer state
-and activations; no checkpoint is written). Runs alternate between the engines; the table gives medians over repeats
-and the larger of the two ranks.
+and activations; no checkpoint is written). Runs alternate between the engines; the table gives
+medians over repeats, and each rank's memory (under ``--engine fsdp`` rank 0 builds the whole
+model; rank 1 never holds more than its shards and one layer).
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ def _worker(rank: int, port: int, flags: list[str], p: dict, iters: int, warmup:
     os._exit(0)  # a normal exit can abort in gloo's teardown (environment.md)
 
 
-def run_engine(flags: list[str], p: dict, iters: int, warmup: int) -> tuple[float, float, float]:
-    """One 2-process run: ``(seconds per iteration, peak RSS MB, peak rise MB)``, each the
-    larger over the ranks."""
+def run_engine(flags: list[str], p: dict, iters: int, warmup: int) -> tuple[float, ...]:
+    """One 2-process run: ``(seconds per iteration (the slower rank), rank 0's peak RSS MB,
+    rank 1's, rank 0's peak rise MB, rank 1's)``."""
     context = mp.get_context("spawn")
     results = context.SimpleQueue()
     port = get_free_port()
@@ -81,27 +82,28 @@ def run_engine(flags: list[str], p: dict, iters: int, warmup: int) -> tuple[floa
         reports.append(results.get())
     if len(reports) != WORLD_SIZE:
         raise RuntimeError(f"an engine run with {flags} failed: {len(reports)} of {WORLD_SIZE} ranks reported")
-    return tuple(max(report[i] for report in reports) for i in (1, 2, 3))
+    by_rank = sorted(reports)  # (rank, seconds, peak, rise)
+    return (max(r[1] for r in by_rank), *(r[2] for r in by_rank), *(r[3] for r in by_rank))
 
 
 def compare_engines(p: dict, options) -> None:
     """Print (and with ``--output`` write) the engine table for preset ``p``."""
-    measured: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ENGINES}
+    measured: dict[str, list[tuple[float, ...]]] = {name: [] for name in ENGINES}
     names = list(ENGINES)
     for repeat in range(options.repeats):
         for name in names if repeat % 2 == 0 else names[::-1]:
             measured[name].append(run_engine(ENGINES[name], p, options.iters, options.warmup))
-            seconds, peak, rise = measured[name][-1]
+            seconds, *memory = measured[name][-1]
             print(f"repeat {repeat + 1}/{options.repeats} {name}: {seconds * 1000:.1f} ms/iteration, "
-                  f"peak {peak:.0f} MB (+{rise:.0f})", file=sys.stderr, flush=True)  # fmt: skip
+                  f"peak RSS rank 0/1 {memory[0]:.0f}/{memory[1]:.0f} MB", file=sys.stderr, flush=True)  # fmt: skip
     rows = []
     for name, runs in measured.items():
-        seconds, peak, rise = (statistics.median(run[i] for run in runs) for i in range(3))
-        rows.append([name, f"{seconds * 1000:.1f}", f"{peak:.0f}", f"{rise:.0f}"])
+        seconds, peak0, peak1, rise0, rise1 = (statistics.median(run[i] for run in runs) for i in range(5))
+        rows.append([name, f"{seconds * 1000:.1f}", f"{peak0:.0f} / {peak1:.0f}", f"{rise0:.0f} / {rise1:.0f}"])
     print(
         f"GPT-2 preset {options.preset}, {WORLD_SIZE} processes (gloo), batch {p['batch']} x {p['seq']} tokens per "
         f"rank, fp32, 1 thread per rank, {os.cpu_count()} cores; median of {options.repeats} runs x "
-        f"{options.iters - options.warmup} timed iterations, the larger rank"
+        f"{options.iters - options.warmup} timed iterations (the slower rank's)"
     )
-    headers = ["engine", "ms/iteration", "peak RSS per rank (MB)", "rise during training_main (MB)"]
+    headers = ["engine", "ms/iteration", "peak RSS rank 0 / rank 1 (MB)", "rise during training_main (MB)"]
     emit(markdown_table(headers, rows), options.output)

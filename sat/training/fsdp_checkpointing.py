@@ -28,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 
 from sat import mpu
 from sat.checkpoint import (
+    CheckpointError,
     checkpoint_format_of,
     get_checkpoint_iteration,
     get_checkpoint_name,
@@ -142,8 +143,13 @@ def load_fsdp_training_state(engine: FSDPEngine, lr_scheduler, args, iteration: 
 
 
 def _read_optimizer_file(path: str) -> dict:
-    """The optimizer file on global rank 0 (checked against the manifest); ``{}`` elsewhere."""
-    if global_rank() != 0:
-        return {}
-    check_file(path)
-    return load_torch_file(path)
+    """The optimizer file on global rank 0; ``{}`` elsewhere. A missing or damaged file (against
+    the manifest) raises on every rank, not only on rank 0 while the others wait for its data."""
+
+    def check() -> None:
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{path} is missing: the FSDP optimizer state cannot be restored")
+        check_file(path)
+
+    share_from_rank0(check)
+    return load_torch_file(path) if global_rank() == 0 else {}
