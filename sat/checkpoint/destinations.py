@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import torch
 
 from sat.checkpoint.atomic import atomic_write_text
+from sat.checkpoint.conversion import release_pages
 
 DISK = "disk"
 
@@ -46,6 +47,7 @@ class Destinations:
 
         os.makedirs(self.offload_folder, exist_ok=True)
         offload_weight(tensor, key, self.offload_folder, index=self.offload_index)
+        release_pages(tensor)  # a memory-mapped source would otherwise stay resident
 
     def finish(self) -> None:
         """Write the offload folder's ``index.json`` (what accelerate reads the weights by)."""
