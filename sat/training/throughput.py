@@ -49,7 +49,10 @@ PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
 def measured_cpu_matmul_flops(size: int = 1024, repeats: int = 3) -> float:
     """FLOP/s of the best of ``repeats`` float32 ``[size, size]`` matmuls on this CPU, with the
     current torch thread count (measured once per process)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    # A generator of its own: drawing from the global one would shift the training's dropout
+    # masks from the first log line on (a resumed run logs for the first time elsewhere).
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
     a @ b  # warm-up: thread pool and BLAS buffers
     best = float("inf")
     for _ in range(repeats):
