@@ -24,6 +24,8 @@ from sat.hf import from_hf
 PRESETS = {  # layers, hidden, heads, kv heads (llama-shaped), vocab, batch, sequence
     "small": dict(layers=4, hidden=256, heads=4, kv_heads=2, vocab=8192, batch=4, seq=128),
     "medium": dict(layers=12, hidden=768, heads=12, kv_heads=4, vocab=32000, batch=4, seq=256),
+    # TinyLlama-1.1B's shape (1.1B as LLaMA), for GPUs: bench/gpu_suite.sh
+    "1b": dict(layers=22, hidden=2048, heads=32, kv_heads=4, vocab=32000, batch=4, seq=1024),
 }
 
 

@@ -27,10 +27,11 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import emit, markdown_table
+from common import emit, markdown_table, resolve_dtype
 
 from sat import get_args, training_main
 from sat.model import GPT2Model
+from sat.training.throughput import device_peak_flops, model_flops_per_token
 
 PRESETS = {  # layers, hidden, heads, vocab; --batch and --seq set the tokens per iteration
     "tiny": dict(layers=2, hidden=128, heads=4, vocab=1024),
@@ -55,7 +56,7 @@ class RandomTokens(torch.utils.data.Dataset):
 
 def lm_loss(model, rows: torch.Tensor) -> torch.Tensor:
     tokens, targets = rows[:, :-1], rows[:, 1:]
-    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+    positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     logits = model(tokens, positions, -1)[0]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
@@ -75,13 +76,13 @@ def sat_args(p: dict, iters: int, save: str, extra: list[str] = ()):
 def run_sat(p: dict, iters: int, state: dict, starts: list[float]) -> None:
     """``iters`` iterations of ``training_main``; ``starts`` gets each forward step's start."""
     with tempfile.TemporaryDirectory() as save:
-        args = sat_args(p, iters, save)
+        args = sat_args(p, iters, save, ["--bf16"] if p["dtype"] == torch.bfloat16 else [])
         model = GPT2Model(args)
         model.load_state_dict(state)
 
         def forward_step(data_iterator, model, args, timers):
             starts.append(time.perf_counter())
-            return lm_loss(model, next(data_iterator))
+            return lm_loss(model, next(data_iterator).to(args.device))
 
         training_main(args, model, forward_step, lambda path, args: RandomTokens(4096, p["seq"], p["vocab"]))
     starts.append(time.perf_counter())  # after the last iteration (and the final save: not counted)
@@ -95,13 +96,13 @@ def run_plain(p: dict, iters: int, state: dict, starts: list[float]) -> None:
     )  # fmt: skip
     model = GPT2Model(args)
     model.load_state_dict(state)
-    model.train()
+    model.to(p["device"], p["dtype"]).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
     loader = torch.utils.data.DataLoader(RandomTokens(4096, p["seq"], p["vocab"]), batch_size=p["batch"], shuffle=True)
     batches = iter(loader)
     for _ in range(iters):
         starts.append(time.perf_counter())
-        loss = lm_loss(model, next(batches))
+        loss = lm_loss(model, next(batches).to(p["device"]))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         optimizer.step()
@@ -127,13 +128,19 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     parser.add_argument("--output", default=None, help="also write the markdown table to this file")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (training_main takes the GPU it finds)")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="default: fp32 on CPU, bf16 on CUDA")
+    parser.add_argument("--smoke", action="store_true", help="tiny preset, 4 iterations, 2 repeats: checks the script")
     parser.add_argument(
         "--engines", action="store_true", help="compare DeepSpeed ZeRO-2 and --engine fsdp on 2 processes instead"
     )
     options = parser.parse_args()
+    if options.smoke:
+        options.preset, options.iters, options.warmup, options.repeats, options.seq = "tiny", 4, 1, 2, 32
     logging.getLogger("sat").setLevel(logging.WARNING)  # training_main's log lines are not the point here
     torch.set_num_threads(options.threads)
     p = dict(PRESETS[options.preset], batch=options.batch, seq=options.seq)
+    p.update(device=options.device, dtype=resolve_dtype(options))
     if options.engines:
         from training_engines import compare_engines
 
@@ -163,16 +170,21 @@ def main() -> None:
 
     tokens = p["batch"] * p["seq"]
     plain = statistics.median(times["plain PyTorch loop"])
+    # MFU as training_main's log line computes it (sat.training.throughput)
+    flops_per_token = model_flops_per_token(params, p["layers"], p["hidden"], p["seq"])
+    peak = device_peak_flops(torch.device(options.device))
     rows = []
     for name, values in times.items():
         ms = statistics.median(values)
-        rows.append([name, f"{ms * 1000:.1f}", f"{tokens / ms:.0f}", f"{ms / plain:.3f}"])
+        mfu = "?" if peak is None else f"{100 * flops_per_token * tokens / ms / peak:.1f}%"
+        rows.append([name, f"{ms * 1000:.1f}", f"{tokens / ms:.0f}", mfu, f"{ms / plain:.3f}"])
     print(
         f"GPT-2 preset {options.preset}: {params / 1e6:.1f}M parameters, batch {p['batch']} x {p['seq']} tokens, "
-        f"fp32, {torch.get_num_threads()} threads, {os.cpu_count()} cores; median of {options.repeats} runs "
-        f"x {options.iters - options.warmup} timed iterations"
+        f"{options.device} {str(p['dtype']).replace('torch.', '')}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} cores; median of {options.repeats} runs x {options.iters - options.warmup} timed "
+        f"iterations; MFU against {'?' if peak is None else f'{peak / 1e12:.2f}'} TFLOP/s"
     )
-    emit(markdown_table(["loop", "ms/iteration", "tokens/s", "time / plain"], rows), options.output)
+    emit(markdown_table(["loop", "ms/iteration", "tokens/s", "MFU", "time / plain"], rows), options.output)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,18 @@ the output head and the hook table refill in ``BaseModel.forward`` stay eager: t
 per forward and change with every mixin.
 
 The layers share one graph (their parameters are graph inputs), so a model compiles once per
-new input shape, not once per layer.
+new input shape, not once per layer. Code that reads Python state per layer (the KV cache
+indexes its buffers by ``layer_id``) specialises the graph to each layer instead: Dynamo's
+recompile limit (8 per function by default) is raised to 8 per layer so that every layer keeps
+its compiled graph (past the limit, ``fullgraph=True`` fails).
 """
 
 from __future__ import annotations
 
 import torch
+import torch._dynamo
+
+_RECOMPILES_PER_LAYER = 8  # Dynamo's default recompile_limit for one function
 
 
 def compile_layers(model: torch.nn.Module, *, fullgraph: bool = True, **compile_kwargs) -> torch.nn.Module:
@@ -25,6 +31,12 @@ def compile_layers(model: torch.nn.Module, *, fullgraph: bool = True, **compile_
         raise TypeError(
             f"compile_layers needs a sat model or a BaseTransformer (.transformer.layers), got {type(model).__name__}"
         )
+    # Every layer runs the same code object (Module._call_impl), whose cache Dynamo bounds.
+    per_function = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = max(per_function, _RECOMPILES_PER_LAYER * len(layers))
+    torch._dynamo.config.accumulated_recompile_limit = max(
+        torch._dynamo.config.accumulated_recompile_limit, torch._dynamo.config.recompile_limit
+    )
     for layer in layers:
         layer.compile(fullgraph=fullgraph, **compile_kwargs)
     return model
