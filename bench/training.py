@@ -182,7 +182,7 @@ def main() -> None:
         f"GPT-2 preset {options.preset}: {params / 1e6:.1f}M parameters, batch {p['batch']} x {p['seq']} tokens, "
         f"{options.device} {str(p['dtype']).replace('torch.', '')}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} cores; median of {options.repeats} runs x {options.iters - options.warmup} timed "
-        f"iterations; MFU against {'?' if peak is None else f'{peak / 1e12:.2f}'} TFLOP/s"
+        f"iterations; MFU against {'?' if peak is None else f'{peak / 1e9:.0f}'} GFLOP/s"
     )
     emit(markdown_table(["loop", "ms/iteration", "tokens/s", "MFU", "time / plain"], rows), options.output)
 
