@@ -26,6 +26,8 @@ largest differences; the exit status is 1 when any configuration differs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import random
@@ -114,10 +116,12 @@ def available(config: Config) -> bool:
         return True
     from sat.arguments import get_args
 
+    flag_and_value = [a for a in config.argv[config.argv.index(config.requires) :][:2]]
     try:
-        get_args([config.requires, "--help"])
-    except SystemExit as e:
-        return e.code == 0
+        with contextlib.redirect_stderr(io.StringIO()):
+            get_args(flag_and_value)
+    except SystemExit:
+        return False
     return True
 
 
