@@ -250,6 +250,21 @@ def read_weight_map(path: str) -> dict[str, str]:
     return weight_map
 
 
+def _aliases(handle, path: str) -> dict[str, str]:
+    """The ``{alias: stored key}`` a file's metadata records (``{}`` for files of other writers)."""
+    text = (handle.metadata() or {}).get(ALIASES, "{}")
+    try:
+        aliases = json.loads(text)
+    except ValueError as e:
+        raise CheckpointError(f"{path} has unreadable {ALIASES} metadata ({e}): {text[:80]!r}") from e
+    if not isinstance(aliases, dict) or not all(isinstance(target, str) for target in aliases.values()):
+        raise CheckpointError(f"{path}: {ALIASES} metadata must map keys to stored keys, found {text[:80]!r}")
+    missing = sorted(set(aliases.values()) - set(handle.keys()))
+    if missing:
+        raise CheckpointError(f"{path}: {ALIASES} names keys the file does not hold: {missing[:5]}")
+    return aliases
+
+
 class SafetensorsState(Mapping[str, torch.Tensor]):
     """The tensors stored under ``stem`` in ``directory`` (one file or the shards an index names),
     as a read-only mapping. Every file's header is checked when it is opened; a tensor is a view
@@ -273,7 +288,7 @@ class SafetensorsState(Mapping[str, torch.Tensor]):
             if weight_map is not None and not os.path.isfile(path):
                 raise CheckpointError(f"{index} names {path}, which does not exist (an incomplete copy?)")
             handle = self._handles[name] = _open(path)
-            aliases = json.loads((handle.metadata() or {}).get(ALIASES, "{}"))
+            aliases = _aliases(handle, path)
             self._where.update({key: (name, key) for key in handle.keys()})
             self._where.update({alias: (name, key) for alias, key in aliases.items()})
             self._alias_targets.update(aliases.values())
