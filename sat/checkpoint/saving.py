@@ -34,8 +34,9 @@ def save_module_checkpoint(iteration: int, model: torch.nn.Module, args) -> None
     path = get_checkpoint_name(save_dir, iteration)
     if mpu.get_data_parallel_rank() == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        print_rank0(f"saving checkpoint {path}")
-        write_model_states({"module": module.state_dict()}, path, *checkpoint_format_of(args))
+        checkpoint_format, max_shard_size = checkpoint_format_of(args)
+        print_rank0(f"saving checkpoint {os.path.dirname(path)} ({checkpoint_format})")
+        write_model_states({"module": module.state_dict()}, path, checkpoint_format, max_shard_size)
     barrier()
     seal_directory(os.path.dirname(path))
     barrier()
