@@ -118,7 +118,10 @@ def test_convert_both_ways_gives_equal_logits(hf_dir, sat_dir, tmp_path):
     with open(os.path.join(sat_dir, "model_config.json")) as f:
         assert json.load(f)["tokenizer_type"] == "tokenizer"  # saved inside the checkpoint, recorded relative
     back = str(tmp_path / "hf")
-    assert run_sat("convert", sat_dir, back).stdout.strip() == f"wrote {back} (LLaMAModel, hf)"
+    result = run_sat("convert", sat_dir, back, "--max-shard-size", "40KB")  # ~90 KB of weights
+    assert result.stdout.strip() == f"wrote {back} (LLaMAModel, hf)"
+    shards = [name for name in os.listdir(back) if name.endswith(".safetensors")]
+    assert len(shards) > 1 and os.path.isfile(os.path.join(back, "model.safetensors.index.json"))
     expected = hf_logits(hf_dir)
     assert torch.equal(hf_logits(back), expected)  # the weights went there and back unchanged
     model, _ = AutoModel.from_pretrained(sat_dir)
@@ -143,7 +146,8 @@ def test_info_json_and_reshard_of_a_bf16_model_parallel_conversion(hf_dir, sat_d
     assert "tokenizer/tokenizer.json" in files
     assert all(os.path.getsize(os.path.join(mp2, path)) == size for path, size in files.items())
 
-    run_sat("reshard", mp2, mp1, "--model-parallel-size", "1")
+    run_sat("reshard", mp2, mp1, "--model-parallel-size", "1", "--checkpoint-format", "safetensors")
+    assert not os.path.exists(os.path.join(mp1, "1", "mp_rank_00_model_states.pt"))  # read from its safetensors
     merged = read_checkpoint_file(os.path.join(mp1, "1", "mp_rank_00_model_states.pt"))["module"]
     for key, value in model.state_dict().items():
         assert torch.equal(merged[key], value.to(torch.bfloat16)), key
@@ -156,7 +160,8 @@ def test_generate_greedy_tokens_equal_filling_sequence(sat_dir):
     prompt = tokenizer.encode("w3 w14 w15")
     expected = generated(model, prompt, 10)
     assert len(expected) >= 3  # a real continuation, not an immediate end token
-    result = run_sat("generate", sat_dir, "--prompt", "w3 w14 w15", "--max-new-tokens", "10", "--top-k", "1")
+    greedy = ("--max-new-tokens", "10", "--top-k", "1", "--device-map", "auto")
+    result = run_sat("generate", sat_dir, "--prompt", "w3 w14 w15", *greedy)
     assert result.stdout == tokenizer.decode(expected) + "\n"
 
     beams = generated(model, prompt, 6, BeamSearchStrategy(2, end_tokens=[0], deterministic=True))

@@ -17,7 +17,10 @@ def add_model_options(parser: argparse.ArgumentParser, *, dtype_help: str) -> No
     """``--dtype``, ``--device-map`` and ``--tokenizer``, as ``from_pretrained`` names them."""
     parser.add_argument("--dtype", default=None, help=dtype_help)
     parser.add_argument(
-        "--device-map", default=None, help="'auto' (or a device such as 'cpu', 'cuda:0'): where the weights go"
+        "--device-map",
+        default=None,
+        choices=("auto", "balanced", "sequential"),
+        help="spread the weights over the GPUs, the CPU and the disk (from_pretrained's device_map)",
     )
     parser.add_argument("--offload-folder", default=None, help="where --device-map puts weights bound for 'disk'")
     parser.add_argument(
