@@ -141,7 +141,8 @@ def _reshard_worker(rank: int, world: int, source: str, target: str) -> None:
 
 
 def _files(folder: str, iteration: str) -> list[str]:
-    return sorted(os.listdir(os.path.join(folder, iteration)))
+    """The model files of an iteration directory (without its manifest.json)."""
+    return sorted(name for name in os.listdir(os.path.join(folder, iteration)) if name != "manifest.json")
 
 
 def test_resharding_round_trips_exactly(tmp_path):
