@@ -1,7 +1,8 @@
 """Loading a state dict into a model that ZeRO-3 partitioned as it was built
 (``deepspeed.zero.Init``): one submodule's parameters are gathered at a time, rank 0 of their
 partition group copies the checkpoint's values in, and they are partitioned again on leaving the
-block. No rank ever holds the whole model, and only that rank reads the tensors."""
+block. No rank ever holds the whole model, and only that rank reads the tensors (their file
+pages are handed back once copied)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Iterable, Mapping
 import torch
 import torch.distributed as dist
 
+from sat.checkpoint.conversion import release_pages
 from sat.checkpoint.errors import CheckpointError
 from sat.checkpoint.state_dict import apply_load_pre_hooks
 
@@ -83,4 +85,5 @@ def load_into_partitions(module: torch.nn.Module, state: Mapping[str, torch.Tens
             for key, tensor in direct.items():
                 if _is_modifier(tensor):
                     tensor.data.copy_(state[key])
+                    release_pages(state[key])  # the file's pages: read once, not kept resident
     return [key for key in own if key not in state], [key for key in state if key not in own]
