@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
@@ -53,8 +53,16 @@ from sat.training.checkpointing import (
     restore_schedule_and_rng,
 )
 
-if TYPE_CHECKING:
-    from sat.training.fsdp_engine import FSDPEngine
+
+class FSDPEngine(Protocol):
+    """What saving and resuming use of ``sat.training.fsdp_engine.FSDPEngine`` (a protocol, so
+    the engine imports this module and not the other way round)."""
+
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    precision: str
+
+    def full_states(self) -> tuple[dict, dict, dict]: ...
 
 OPTIMIZER_FILE = "fsdp_optim_states.pt"
 _FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)  # rank 0 passes it whole
