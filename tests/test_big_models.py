@@ -111,6 +111,8 @@ def test_chunked_conversion_of_a_memory_mapped_tensor_is_bitwise(tmp_path, monke
     assert torch.equal(converted, source.to(torch.bfloat16))
     assert torch.equal(source, torch.load(tmp_path / "w.pt", weights_only=True)["w"])  # paged-out pages read back
     assert conversion.convert_tensor(source, torch.float32, torch.device("cpu")) is source
+    transposed = conversion.convert_tensor(source.t(), torch.bfloat16, torch.device("cpu"))  # an HF Conv1D weight
+    assert torch.equal(transposed, source.t().to(torch.bfloat16)) and transposed.is_contiguous()
 
 
 def test_device_map_all_on_cpu(checkpoint):

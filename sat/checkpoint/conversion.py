@@ -3,9 +3,9 @@
 A memory-mapped checkpoint tensor that is converted (fp32 to bf16) or moved (to a GPU) is read
 once; the file pages it touched would stay in the process's resident set (they count in RSS
 and ``VmHWM``) next to the converted copy, so converting a whole fp32 model to bf16 would peak
-at 1.5x the bf16 size. Large tensors are therefore converted in chunks, and each chunk's source
-pages are handed back to the kernel (``madvise(MADV_PAGEOUT)``) once copied: the peak is the
-converted model plus one chunk. ``MADV_PAGEOUT`` keeps the data (a later read faults it back
+at 1.5x the bf16 size. Tensors are therefore converted in chunks (most in one), and each chunk's
+source pages are handed back to the kernel (``madvise(MADV_PAGEOUT)``) once copied: the peak is
+the converted model plus one chunk. ``MADV_PAGEOUT`` keeps the data (a later read faults it back
 in from the file, or from swap for anonymous memory), so it is safe on any tensor.
 """
 
@@ -27,13 +27,26 @@ if _libc is not None:
 
 def convert_tensor(tensor: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``tensor.to(device=device, dtype=dtype)``, bitwise the same values; ``tensor`` itself when
-    nothing changes. A contiguous CPU source is copied a chunk at a time, each chunk's pages
-    dropped from memory after its copy (a 12 MiB layer weight as much as a 200 MiB embedding:
+    nothing changes. A CPU source is copied a chunk at a time in memory order, each chunk's pages
+    dropped from memory after its copy; the result is contiguous (a 12 MiB layer weight as much as a 200 MiB embedding:
     the small tensors are most of a model)."""
     if tensor.dtype == dtype and tensor.device == device:
         return tensor
-    if tensor.device.type != "cpu" or not tensor.is_contiguous():
+    if tensor.device.type != "cpu":
         return tensor.to(device=device, dtype=dtype)
+    if tensor.is_contiguous():
+        return _convert_contiguous(tensor, dtype, device)
+    # A transposed view (an HF Conv1D weight saved as sat's [out, in]): converted in memory
+    # order, then made contiguous, the layout the model's matrix products are fastest on.
+    order = sorted(range(tensor.dim()), key=lambda dim: -tensor.stride(dim))
+    in_memory_order = tensor.permute(order)
+    if not in_memory_order.is_contiguous():  # overlapping or gapped strides: no dense block to page out
+        return tensor.to(device=device, dtype=dtype)
+    converted = _convert_contiguous(in_memory_order, dtype, device)
+    return converted.permute(sorted(range(tensor.dim()), key=order.__getitem__)).contiguous()
+
+
+def _convert_contiguous(tensor: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     out = torch.empty(tensor.shape, dtype=dtype, device=device)
     source, target = tensor.view(-1), out.view(-1)  # [numel] each
     step = max(1, _CHUNK_BYTES // tensor.element_size())
