@@ -137,7 +137,11 @@ def main() -> None:
 
     module = engine.module
     with deepspeed.zero.GatheredParameters(list(module.parameters())):
-        weights = {name: p.detach().clone() for name, p in module.named_parameters()}
+        # FSDP's parameters are DTensors: their full values, as plain tensors.
+        weights = {
+            name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for name, p in module.named_parameters()
+        }
     torch.save(weights, os.path.join(out, f"final_rank{rank}.pt"))
     record.write(done=args.iteration)
     exit_process()
