@@ -54,6 +54,8 @@ def _convert_contiguous(tensor: torch.Tensor, dtype: torch.dtype, device: torch.
         chunk = source[start : start + step]
         target[start : start + step].copy_(chunk)
         _page_out(chunk)
+    if source.numel() > step:
+        _page_out(source)  # the pages (or larger page-cache folios) that straddled chunk boundaries
     return out
 
 
