@@ -201,12 +201,6 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument("--force-train", action="store_true", help="train even if checkpoint keys are missing")
     group.add_argument("--save-interval", type=int, default=5000, help="iterations between checkpoints")
     group.add_argument(
-        "--save-keep",
-        type=int,
-        default=None,
-        help="keep only the newest N checkpoints (never the one resumed from); default: keep all",
-    )
-    group.add_argument(
         "--checkpoint-format",
         default="pt",
         choices=["pt", "safetensors"],
@@ -217,6 +211,12 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         default="5GB",
         help="with --checkpoint-format safetensors, split each rank's weights into shards of at most this "
         "size (bytes, or e.g. 500MB, 2GiB)",
+    )
+    group.add_argument(
+        "--save-keep",
+        type=int,
+        default=None,
+        help="keep only the newest N checkpoints (never the one resumed from); default: keep all",
     )
     group.add_argument("--no-save-rng", action="store_true", help="do not save random states")
     group.add_argument("--no-load-rng", action="store_true", help="do not restore random states")
