@@ -64,6 +64,7 @@ class FSDPEngine(Protocol):
 
     def full_states(self) -> tuple[dict, dict, dict]: ...
 
+
 OPTIMIZER_FILE = "fsdp_optim_states.pt"
 _FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)  # rank 0 passes it whole
 
