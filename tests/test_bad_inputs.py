@@ -135,7 +135,11 @@ def test_forward_errors_name_the_argument(tiny_args, tokens):
         model(ids + 100, pos, -1)
     with pytest.raises(ValueError, match=r"position_ids must lie in \[0, 64\) \(max_sequence_length = 64\)"):
         model(ids, pos + 60, -1)
-    with pytest.raises(ValueError, match=r"attention_mask of shape \(1, 1, 5, 5\) does not fit input_ids"):
+    with pytest.raises(
+        ValueError,
+        match=r"attention_mask of shape \(1, 1, 5, 5\) does not fit the attention: expected "
+        r"4-D, broadcastable to \[batch, heads, seq_q, seq_k\] = \[2, 4, 10, 10\]",
+    ):
         model(ids, pos, torch.ones(1, 1, 5, 5))
     # A [batch, seq] padding mask would broadcast as [1, seq_k] and silently drop causality.
     with pytest.raises(ValueError, match=r"looks like a \[batch, seq\] padding mask: pass mask\[:, None, None, :\]"):

@@ -348,7 +348,7 @@ def test_bad_inputs_raise_clear_errors(tiny_args, tokens):
     model = BaseModel(tiny_args())
     with pytest.raises(ValueError, match="input_ids must be at least 2-D"):
         model(ids[0], pos[0], -1)
-    with pytest.raises(ValueError, match=r"attention_mask of shape \(2, 10, 10\) does not fit input_ids"):
+    with pytest.raises(ValueError, match=r"attention_mask must have shape \[sq, sk\] or \[b, 1, sq, sk\]"):
         model(ids, pos, torch.ones(2, 10, 10))
     with pytest.raises(ValueError, match="attention_mask must be None, -1"):
         model(ids, pos, 3)

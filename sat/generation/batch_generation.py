@@ -51,7 +51,11 @@ def batch_filling_sequence(
         real[i, ..., : width - len(row)] = False
     positions = (real[:, 0, 0, :width].long().cumsum(-1) - 1).clamp(min=0)  # [b, width]; each row starts at 0
     causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-    mask = causal & real[..., :width]  # [b, 1, width, width]
+    # In the model's dtype, 1 = attend: models that keep the original's convention read a bool
+    # mask as True = masked (GLM-130B, ChatGLM2).
+    dtype = next(model.parameters()).dtype
+    mask = (causal & real[..., :width]).to(dtype)  # [b, 1, width, width]
+    real = real.to(dtype)
 
     lay_out_for_decoding_(model, len(rows))  # every step after the prompts multiplies one row per prompt
     cache = KVCache(len(model.transformer.layers), capacity=total)

@@ -1,4 +1,4 @@
-"""Checks of what a user passes to the backbone's forward, with errors that name the argument.
+"""Checks of what a user passes to the backbone, with errors that name the argument.
 
 Shape checks are free (metadata only). Value checks (ids within the vocabulary, positions within
 ``max_sequence_length``) need the values: on the CPU they run on the host; elsewhere they are
@@ -11,29 +11,34 @@ from __future__ import annotations
 import torch
 
 
-def check_attention_mask(mask: torch.Tensor, input_ids: torch.Tensor) -> None:
-    """A mask tensor must broadcast to ``[batch, heads, seq_q, seq_k]`` the way the layers use it:
-    ``[seq_q, seq_k]`` or ``[batch or 1, 1, seq_q or 1, seq_k]`` (1 = attend)."""
-    batch, query_length = input_ids.shape[0], input_ids.shape[1]
+def check_attention_mask(mask: torch.Tensor, query_layer: torch.Tensor, key_layer: torch.Tensor) -> None:
+    """A caller's mask must broadcast to the scores ``[b, np, sq, sk]`` of the attention that uses
+    it (q ``[b, np, sq, hn]``, k ``[b, nkv, sk, hn]``): ``[sq, sk]`` (or ``[1, 1]``: all keys), or
+    4-D with each dimension that size or 1 (1 = attend). A 2-D mask's first dimension must be
+    ``sq`` itself: a ``[batch, seq]`` padding mask would otherwise broadcast as ``[1, sk]`` and
+    silently drop causality."""
+    batch, heads, query_length, _ = query_layer.shape
+    key_length = key_layer.shape[2]
     shape = tuple(mask.shape)
     if mask.dim() == 2:
-        if shape[0] != query_length:
-            hint = (
-                f" It looks like a [batch, seq] padding mask: pass mask[:, None, None, :] for key padding, "
-                f"times torch.tril(torch.ones({query_length}, {query_length})) for causal attention."
-                if shape[0] in (1, batch)
-                else ""
-            )
-            raise ValueError(
-                f"attention_mask of shape {shape} does not fit input_ids of shape {tuple(input_ids.shape)}: "
-                f"a 2-D mask is [seq_q, seq_k] with seq_q = {query_length}.{hint}"
-            )
-        return
-    if mask.dim() != 4 or shape[1] != 1 or shape[0] not in (1, batch) or shape[2] not in (1, query_length):
-        raise ValueError(
-            f"attention_mask of shape {shape} does not fit input_ids of shape {tuple(input_ids.shape)}: expected "
-            f"[seq_q, seq_k] or [batch or 1, 1, seq_q or 1, seq_k] with batch = {batch}, seq_q = {query_length}"
+        fits = shape == (1, 1) or (shape[0] == query_length and shape[1] in (1, key_length))
+        expected = f"[seq_q, seq_k] = [{query_length}, {key_length}]"
+    else:
+        fits = mask.dim() == 4 and all(
+            size in (1, full) for size, full in zip(shape, (batch, heads, query_length, key_length), strict=True)
         )
+        expected = (
+            f"4-D, broadcastable to [batch, heads, seq_q, seq_k] = [{batch}, {heads}, {query_length}, {key_length}]"
+        )
+    if fits:
+        return
+    hint = ""
+    if mask.dim() == 2 and shape[0] in (1, batch) and shape[1] == key_length:
+        hint = (
+            " It looks like a [batch, seq] padding mask: pass mask[:, None, None, :] for key padding, times "
+            f"torch.tril(torch.ones({query_length}, {key_length})) for causal attention."
+        )
+    raise ValueError(f"attention_mask of shape {shape} does not fit the attention: expected {expected}.{hint}")
 
 
 def check_ids_below(ids: torch.Tensor, limit: int, what: str, setting: str) -> None:

@@ -18,7 +18,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from sat.config import TransformerConfig
-from sat.model.input_checks import check_attention_mask, check_ids_below
+from sat.model.input_checks import check_ids_below
 from sat.model.layers import (
     MLP,
     BaseTransformerLayer,
@@ -169,8 +169,6 @@ class BaseTransformer(HookedModule):
     ) -> list:
         if input_ids.dim() < 2:
             raise ValueError(f"input_ids must be at least 2-D [batch, seq], got shape {tuple(input_ids.shape)}")
-        if isinstance(attention_mask, torch.Tensor):
-            check_attention_mask(attention_mask, input_ids)
         dtype = next(self.parameters()).dtype
         mask = resolve_attention_mask(attention_mask, input_ids.shape[1], dtype, input_ids.device)
 

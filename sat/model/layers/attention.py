@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from sat.config import TransformerConfig
+from sat.model.input_checks import check_attention_mask
 from sat.model.layers.base import HookedModule, LayerBuild, owned_init
 from sat.mpu import ColumnParallelLinear, RowParallelLinear, get_model_parallel_world_size
 from sat.mpu.random import model_parallel_dropout_context
@@ -57,6 +58,8 @@ def attention_fn_default(
     to the window only.
     """
     kind = kernels.attention_mask_kind(attention_mask)
+    if kind is None and isinstance(attention_mask, torch.Tensor):  # a caller's mask, here in its real shape
+        check_attention_mask(attention_mask, query_layer, key_layer)
     mask_form = None if kind is not None or sliding_window else kernels.sdpa_mask_form(attention_mask)
     if sliding_window:
         key_layer, value_layer, attention_mask, log_attention_weights = _drop_keys_before_window(
