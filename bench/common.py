@@ -97,3 +97,19 @@ def emit(table: str, output: str | None) -> None:
     if output:
         with open(output, "w") as f:
             f.write(table + "\n")
+
+
+def sat_gpt2_args(p: dict, max_length: int | None = None):
+    """The arguments of sat's ``GPT2Model`` for a preset ``p`` (``layers``, ``hidden``, ``heads``,
+    ``vocab``, ``seq``), without dropout: the sides of a benchmark compute the same thing."""
+    from sat.model import GPT2Model
+
+    return GPT2Model.get_args(
+        num_layers=p["layers"],
+        hidden_size=p["hidden"],
+        num_attention_heads=p["heads"],
+        vocab_size=p["vocab"],
+        max_sequence_length=max_length or p["seq"],
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )

@@ -18,7 +18,16 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import add_device_args, describe_setting, emit, interleaved, markdown_table, resolve_dtype, steady_malloc
+from common import (
+    add_device_args,
+    describe_setting,
+    emit,
+    interleaved,
+    markdown_table,
+    resolve_dtype,
+    sat_gpt2_args,
+    steady_malloc,
+)
 from models import PRESETS
 
 from sat.model import GPT2Model
@@ -44,17 +53,7 @@ def main() -> None:
     dtype = resolve_dtype(args)
     p = SIZES[args.preset]
     torch.manual_seed(0)
-    eager = GPT2Model(
-        GPT2Model.get_args(
-            num_layers=p["layers"],
-            hidden_size=p["hidden"],
-            num_attention_heads=p["heads"],
-            vocab_size=p["vocab"],
-            max_sequence_length=p["seq"],
-            hidden_dropout=0.0,
-            attention_dropout=0.0,
-        )  # fmt: skip
-    ).to(args.device, dtype)
+    eager = GPT2Model(sat_gpt2_args(p)).to(args.device, dtype)
     compiled = compile_layers(copy.deepcopy(eager), backend=args.backend)
     ids = torch.randint(0, p["vocab"], (p["batch"], p["seq"]), device=args.device)
     positions = torch.arange(p["seq"], device=args.device).expand_as(ids)

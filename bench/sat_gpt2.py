@@ -19,7 +19,16 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from common import add_device_args, describe_setting, emit, interleaved, markdown_table, resolve_dtype, steady_malloc
+from common import (
+    add_device_args,
+    describe_setting,
+    emit,
+    interleaved,
+    markdown_table,
+    resolve_dtype,
+    sat_gpt2_args,
+    steady_malloc,
+)
 from models import PRESETS
 
 from sat.generation import BaseStrategy, batch_filling_sequence, filling_sequence
@@ -35,17 +44,8 @@ BATCHED_PROMPTS = 8
 def build(preset: str, device: str, dtype: torch.dtype, max_length: int):
     """(sat GPT2Model, transformers GPT2LMHeadModel) with identical weights, eval mode."""
     p = PRESETS[preset]
-    args = GPT2Model.get_args(
-        num_layers=p["layers"],
-        hidden_size=p["hidden"],
-        num_attention_heads=p["heads"],
-        vocab_size=p["vocab"],
-        max_sequence_length=max_length,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-    )
     torch.manual_seed(0)
-    model = GPT2Model(args).to(device, dtype).eval()
+    model = GPT2Model(sat_gpt2_args(p, max_length)).to(device, dtype).eval()
     head = model.get_mixin("gpt2-final").lm_head.weight
     with torch.no_grad():  # transformers' GPT-2 ties its head to the word embedding
         head.copy_(model.transformer.word_embeddings.weight)

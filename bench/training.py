@@ -27,7 +27,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import emit, markdown_table, resolve_dtype
+from common import emit, markdown_table, resolve_dtype, sat_gpt2_args
 
 from sat import get_args, training_main
 from sat.model import GPT2Model
@@ -90,11 +90,7 @@ def run_sat(p: dict, iters: int, state: dict, starts: list[float]) -> None:
 
 def run_plain(p: dict, iters: int, state: dict, starts: list[float]) -> None:
     """The same training as a textbook PyTorch loop."""
-    args = GPT2Model.get_args(
-        num_layers=p["layers"], hidden_size=p["hidden"], num_attention_heads=p["heads"], vocab_size=p["vocab"],
-        max_sequence_length=p["seq"], hidden_dropout=0.0, attention_dropout=0.0,
-    )  # fmt: skip
-    model = GPT2Model(args)
+    model = GPT2Model(sat_gpt2_args(p))
     model.load_state_dict(state)
     model.to(p["device"], p["dtype"]).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
@@ -147,15 +143,7 @@ def main() -> None:
         compare_engines(p, options)
         return
     torch.manual_seed(0)
-    state = GPT2Model(
-        GPT2Model.get_args(
-            num_layers=p["layers"],
-            hidden_size=p["hidden"],
-            num_attention_heads=p["heads"],
-            vocab_size=p["vocab"],
-            max_sequence_length=p["seq"],
-        )  # fmt: skip
-    ).state_dict()
+    state = GPT2Model(sat_gpt2_args(p)).state_dict()
     params = sum(v.numel() for v in state.values())
 
     sides = [("plain PyTorch loop", run_plain), ("sat training_main", run_sat)]
