@@ -227,21 +227,22 @@ def _handle_missing(module, missing: list[str], mode: str, args, path: str, devi
                 f"{path} lacks weights the model needs for inference: {missing}. "
                 "Set args.force_inference = True to run anyway with those weights freshly initialised."
             )
-    elif not getattr(args, "force_train", False):
-        unknown = [key for key in missing if _owning_mixin(module, key) is None and "cross_attention" not in key]
-        if unknown or mode != "finetune":
-            raise CheckpointError(
-                f"{path} lacks weights {unknown or missing}. In --mode finetune only mixin and cross-attention "
-                "weights may be missing (they are initialised); pass --force-train to train anyway."
-            )
+    unknown = [key for key in missing if _owning_mixin(module, key) is None and "cross_attention" not in key]
+    if mode != "inference" and not getattr(args, "force_train", False) and (unknown or mode != "finetune"):
+        raise CheckpointError(
+            f"{path} lacks weights {unknown or missing}. In --mode finetune only mixin and cross-attention "
+            "weights may be missing (they are initialised); pass --force-train to train anyway."
+        )
     meta_missing = [key for key in missing if tensor_at(module, key).is_meta]
     filled = materialize_missing(module, meta_missing, device)
-    zeros = [key for key, how in filled.items() if how == "zeros"]
-    print_rank0(
-        f"{path} lacks {missing}: initialised by their modules' reset_parameters"
-        + (f", except {zeros}, set to zeros (their modules have no reset_parameters)" if zeros else ""),
-        level="WARNING",
-    )
+    if filled:  # weights of a model built on meta: say how they got values (others keep their own init)
+        zeros = [key for key, how in filled.items() if how == "zeros"]
+        print_rank0(
+            f"{path} lacks {list(filled)}: initialised by their modules' reset_parameters"
+            + (f", except {zeros}, set to zeros (their modules have no reset_parameters)" if zeros else ""),
+            # Missing mixin weights are the usual case of finetuning, and reinit sets them next.
+            level="INFO" if mode == "finetune" and not unknown else "WARNING",
+        )
     if mode != "inference" and hasattr(module, "reinit"):
         module.reinit(_mixin_names(module, missing))
 
