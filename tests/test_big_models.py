@@ -112,7 +112,7 @@ def test_chunked_conversion_of_a_memory_mapped_tensor_is_bitwise(tmp_path, monke
     assert torch.equal(source, torch.load(tmp_path / "w.pt", weights_only=True)["w"])  # paged-out pages read back
     assert conversion.convert_tensor(source, torch.float32, torch.device("cpu")) is source
     transposed = conversion.convert_tensor(source.t(), torch.bfloat16, torch.device("cpu"))  # an HF Conv1D weight
-    assert torch.equal(transposed, source.t().to(torch.bfloat16)) and transposed.is_contiguous()
+    assert torch.equal(transposed, source.t().to(torch.bfloat16)) and transposed.stride() == (1, 300)
 
 
 def test_device_map_all_on_cpu(checkpoint):

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 
 from sat.checkpoint.atomic import atomic_write_text
-from sat.checkpoint.conversion import release_pages
+from sat.checkpoint.page_release import release_pages
 
 DISK = "disk"
 

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 import torch
 import torch.distributed as dist
 
-from sat.checkpoint.conversion import release_pages
 from sat.checkpoint.errors import CheckpointError
+from sat.checkpoint.page_release import release_pages
 from sat.checkpoint.state_dict import apply_load_pre_hooks
 
 

@@ -25,7 +25,7 @@ from sat.checkpoint import (
     set_dtype_flags,
 )
 from sat.checkpoint.broadcast import share_from_rank0
-from sat.helpers import print_rank0
+from sat.helpers import gc_paused, print_rank0
 from sat.model.build import get_meta_model, get_model
 from sat.model.placement import DeviceMapArg, plan_placement
 from sat.runtime import check_if_zero3, ensure_model_parallel, reset_model_parallel
@@ -41,6 +41,7 @@ def resolve_checkpoint_dir(name: str, home_path: str | None = None, url: str | N
     return auto_create(name, path=home_path, url=url)
 
 
+@gc_paused()
 def load_pretrained(
     model_cls: type[torch.nn.Module] | None,
     name: str,

@@ -1,0 +1,74 @@
+"""Handing the pages of a memory-mapped checkpoint tensor back to the kernel once it was read.
+
+Pages of a memory-mapped file that the process read stay in its resident set (they count in RSS
+and ``VmHWM``) until unmapped. A loader that converts each tensor (fp32 to bf16, or to a GPU)
+would otherwise hold the whole file next to the converted model, so it releases each source
+range right after reading it.
+
+``MADV_DONTNEED`` only drops the process's mapping of a page: a page of the file stays in the
+page cache (the next load finds it there) and a later read maps it again, so the tensor's values
+stay readable. On memory the process owns (an anonymous page, or a page of a private file
+mapping that was written to) it would discard the data, so every page's kind is read first from
+``/proc/self/pagemap``: a range of file (or shared) pages gets ``MADV_DONTNEED``; a range that
+mixes in pages of the process's own gets ``MADV_PAGEOUT``, which keeps every page's data (in the
+file or in swap) but also evicts the file's pages from the page cache; a range of anonymous
+memory is left alone (its owner frees it). Off Linux, or without ``/proc``, this is a no-op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+import sys
+
+import torch
+
+_MADV_DONTNEED = 4
+_MADV_PAGEOUT = 21  # Linux 5.4+
+_PRESENT, _SWAPPED, _FILE_OR_SHARED = 1 << 2, 1 << 1, 1 << 0  # pagemap bits 63, 62, 61, shifted down by 61
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
+if _libc is not None:
+    _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_pagemap: tuple[int, int] | None = None  # (pid, descriptor of its /proc/self/pagemap), opened on first use
+
+
+def release_pages(tensor: torch.Tensor) -> None:
+    """Drop the whole pages inside a dense CPU ``tensor``'s memory from this process's resident
+    set, keeping its values readable; a no-op for anything else."""
+    if _libc is None or tensor.device.type != "cpu" or not tensor.is_contiguous() or not tensor.numel():
+        return
+    begin = tensor.data_ptr()
+    end = begin + tensor.numel() * tensor.element_size()
+    first = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE  # pages shared with a neighbour stay
+    last = end // mmap.PAGESIZE * mmap.PAGESIZE
+    if last <= first:
+        return
+    kinds = _page_kinds(first, last)
+    if kinds is None:  # no pagemap to read: the advice that is safe on every page
+        advice = _MADV_PAGEOUT
+    elif bool(((kinds & _FILE_OR_SHARED) != 0).logical_or((kinds & (_PRESENT | _SWAPPED)) == 0).all()):
+        advice = _MADV_DONTNEED  # file pages, or pages not mapped at all
+    elif bool((kinds & _FILE_OR_SHARED).any()):
+        advice = _MADV_PAGEOUT
+    else:
+        return
+    _libc.madvise(first, last - first, advice)
+
+
+def _page_kinds(first: int, last: int) -> torch.Tensor | None:
+    """The pagemap flag bits (present, swapped, file-or-shared) of each page in ``[first, last)``
+    as an int64 tensor, or None where ``/proc/self/pagemap`` cannot be read."""
+    global _pagemap
+    try:
+        if _pagemap is None or _pagemap[0] != os.getpid():  # a forked child must not read its parent's
+            _pagemap = (os.getpid(), os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC))
+        pages = (last - first) // mmap.PAGESIZE
+        entries = os.pread(_pagemap[1], pages * 8, first // mmap.PAGESIZE * 8)
+    except OSError:
+        return None
+    if len(entries) != pages * 8:
+        return None
+    return (torch.frombuffer(bytearray(entries), dtype=torch.int64) >> 61) & 7  # [pages]
