@@ -15,6 +15,7 @@ from sat.hf import from_hf
 from sat.model import AutoModel, GPT2Model
 from sat.model.finetune.lora2 import LoraMixin
 from sat.model.mixins import CachedAutoregressiveMixin
+from sat.model.position_embedding.rotary import RotaryEmbedding
 from sat.training.model_io import save_checkpoint
 from tests.conftest import TINY
 
@@ -224,3 +225,31 @@ def test_layers_split_between_gpu_and_cpu_generate_the_same_tokens(checkpoint):
     assert split.device_map["transformer.layers.3"] == "cpu" and split.device_map["transformer.layers.0"] == 0
     assert split.transformer.layers[0].mlp.dense_h_to_4h.weight.device == torch.device("cuda", 0)
     assert torch.equal(_greedy(split), _greedy(on_gpu))
+
+
+def test_rotary_tables_are_made_on_the_calling_layers_device():
+    """A layer placed on another device than the trunk (a device_map over several GPUs) calls
+    the trunk's rotary embedding with its own tensors: the tables come back on that device, and
+    each device keeps its own cached copy. ``meta`` stands in for a second device on CPU."""
+    rotary = RotaryEmbedding(8)
+    positions = torch.arange(5)[None]  # [1, s]
+    on_cpu = rotary.cos_sin(positions, torch.float32)
+    elsewhere = rotary.cos_sin(positions.to("meta"), torch.float32)
+    assert on_cpu[0].device.type == "cpu" and elsewhere[0].device.type == "meta"
+    assert elsewhere[0].shape == on_cpu[0].shape == (1, 1, 5, 8)
+    assert rotary.cos_sin(positions, torch.float32)[0] is on_cpu[0]  # the CPU copy is still cached
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_rotary_model_split_over_two_gpus_generates_the_same_tokens(tmp_path):
+    torch.manual_seed(5)
+    config = LlamaConfig(
+        num_hidden_layers=4, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, vocab_size=100, max_position_embeddings=64,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
+    on_one, _ = from_hf(str(tmp_path / "hf"), device_map={"": 0})
+    split, _ = from_hf(str(tmp_path / "hf"), device_map={"transformer.layers.2": 1, "transformer.layers.3": 1, "": 0})
+    assert split.transformer.layers[3].mlp.dense_h_to_4h.weight.device == torch.device("cuda", 1)
+    assert torch.equal(_greedy(split), _greedy(on_one))

@@ -70,8 +70,9 @@ class RotaryEmbedding(torch.nn.Module):
         self.base = base
         self.interleaved = interleaved
         self.register_buffer("inv_freq", self._inv_freq(device))
-        # Every layer rotates by the same position_ids in one forward: compute cos/sin once.
-        self._cached: tuple | None = None
+        # Every layer rotates by the same position_ids in one forward: compute cos/sin once per
+        # device (layers placed on several GPUs by a device_map each read their own copy).
+        self._cached: dict[torch.device, tuple] = {}
 
     def _inv_freq(self, device=None) -> torch.Tensor:
         return 1.0 / (self.base ** (torch.arange(0, self.dim, 2, dtype=torch.float32, device=device) / self.dim))
@@ -83,15 +84,23 @@ class RotaryEmbedding(torch.nn.Module):
         """``cos, sin`` of shape ``[b or 1, 1, s, dim]`` (each frequency twice, as ``rotate_with``
         takes them) for ``position_ids [b, s]`` or ``[s]``."""
         key = _cache_key(position_ids, self.inv_freq, dtype)
-        if key is not None and self._cached is not None and _same_key(self._cached[0], key):
-            return self._cached[1]
+        cached = self._cached.get(position_ids.device)
+        if key is not None and cached is not None and _same_key(cached[0], key):
+            return cached[1]
         positions = position_ids.unsqueeze(0) if position_ids.dim() == 1 else position_ids
-        # Recompute rather than upcast when the model was cast to half precision.
-        inv_freq = self.inv_freq if self.inv_freq.dtype == torch.float32 else self._inv_freq(positions.device)
+        # Recompute rather than upcast when the model was cast to half precision. A layer on
+        # another device than this module (a device_map over several GPUs) rotates on its own.
+        if self.inv_freq.dtype == torch.float32:
+            inv_freq = self.inv_freq.to(positions.device)
+        else:
+            inv_freq = self._inv_freq(positions.device)
         freqs = positions.to(torch.float32).unsqueeze(-1) * inv_freq  # [b, s, dim / 2]
         freqs = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # [b, 1, s, dim]
         cos_sin = freqs.cos().to(dtype), freqs.sin().to(dtype)
-        self._cached = (key, cos_sin) if key is not None else None
+        if key is None:
+            self._cached.pop(position_ids.device, None)
+        else:
+            self._cached[position_ids.device] = (key, cos_sin)
         return cos_sin
 
     def forward(

@@ -35,7 +35,7 @@ class RotaryEmbedding(_RotaryBase):
     def forward(self, x: torch.Tensor, seq_dim: int = 1, seq_len: int | None = None):
         seq_len = x.shape[seq_dim] if seq_len is None else seq_len
         positions = torch.arange(seq_len, device=x.device)
-        freqs = positions.float()[:, None] * self.inv_freq.float()  # [s, dim / 2]
+        freqs = positions.float()[:, None] * self.inv_freq.float().to(x.device)  # [s, dim / 2]; x may be a layer's GPU
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [s, 1, dim]
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 

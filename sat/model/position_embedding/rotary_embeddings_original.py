@@ -37,7 +37,8 @@ class RotaryEmbedding(torch.nn.Module):
 def apply_rotary_pos_emb(x: torch.Tensor, rope_cache: torch.Tensor) -> torch.Tensor:
     """Rotate ``x [sq, b, np, hn]`` by ``rope_cache [>= sq, b or 1, rot / 2, 2]``."""
     sq = x.shape[0]
-    rope_cache = rope_cache[:sq].reshape(sq, -1, 1, rope_cache.shape[-2], 2)  # [sq, b, 1, rot / 2, 2]
+    rope_cache = rope_cache[:sq].to(x.device)  # the table may sit on the trunk's device, x on its layer's
+    rope_cache = rope_cache.reshape(sq, -1, 1, rope_cache.shape[-2], 2)  # [sq, b, 1, rot / 2, 2]
     return rotate_interleaved(x, rope_cache[..., 0], rope_cache[..., 1])
 
 
@@ -45,5 +46,6 @@ def apply_rotary_pos_emb_bhs(x: torch.Tensor, rope_cache: torch.Tensor) -> torch
     """Rotate ``x [b, np, sq, hn]`` by ``rope_cache [b or 1, >= sq, rot / 2, 2]`` (e.g. the
     table indexed by ``position_ids [b, s]``)."""
     sq = x.shape[2]
-    rope_cache = rope_cache[:, :sq].reshape(-1, 1, sq, rope_cache.shape[-2], 2)  # [b, 1, sq, rot / 2, 2]
+    rope_cache = rope_cache[:, :sq].to(x.device)  # the table may sit on the trunk's device, x on its layer's
+    rope_cache = rope_cache.reshape(-1, 1, sq, rope_cache.shape[-2], 2)  # [b, 1, sq, rot / 2, 2]
     return rotate_interleaved(x, rope_cache[..., 0], rope_cache[..., 1])
