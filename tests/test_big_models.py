@@ -189,13 +189,19 @@ def test_lora_inside_offloaded_layers(tmp_path):
     assert torch.equal(_logits(placed), _logits(model))
 
 
-def test_from_hf_with_dtype_and_device_map(tmp_path):
-    torch.manual_seed(3)
+def _save_tiny_llama(folder, layers: int, seed: int) -> str:
+    """A random tiny LLaMA saved as a transformers directory at ``folder``."""
+    torch.manual_seed(seed)
     config = LlamaConfig(
-        num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+        num_hidden_layers=layers, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
         intermediate_size=64, vocab_size=100, max_position_embeddings=64,
     )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return str(folder)
+
+
+def test_from_hf_with_dtype_and_device_map(tmp_path):
+    _save_tiny_llama(tmp_path / "hf", layers=3, seed=3)
     reference, _ = from_hf(str(tmp_path / "hf"), dtype=torch.bfloat16)
     assert {p.dtype for p in reference.parameters()} == {torch.bfloat16}
     device_map = {"transformer.layers.1": "disk", "transformer.layers.2": "disk", "": "cpu"}
@@ -243,13 +249,8 @@ def test_rotary_tables_are_made_on_the_calling_layers_device():
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_rotary_model_split_over_two_gpus_generates_the_same_tokens(tmp_path):
-    torch.manual_seed(5)
-    config = LlamaConfig(
-        num_hidden_layers=4, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, vocab_size=100, max_position_embeddings=64,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
-    on_one, _ = from_hf(str(tmp_path / "hf"), device_map={"": 0})
-    split, _ = from_hf(str(tmp_path / "hf"), device_map={"transformer.layers.2": 1, "transformer.layers.3": 1, "": 0})
+    folder = _save_tiny_llama(tmp_path / "hf", layers=4, seed=5)
+    on_one, _ = from_hf(folder, device_map={"": 0})
+    split, _ = from_hf(folder, device_map={"transformer.layers.2": 1, "transformer.layers.3": 1, "": 0})
     assert split.transformer.layers[3].mlp.dense_h_to_4h.weight.device == torch.device("cuda", 1)
     assert torch.equal(_greedy(split), _greedy(on_one))
