@@ -45,5 +45,7 @@ def _convert_contiguous(tensor: torch.Tensor, dtype: torch.dtype, device: torch.
         target[start : start + step].copy_(chunk)
         release_pages(chunk)
     if source.numel() > step:
-        release_pages(source)  # the pages (or larger page-cache folios) that straddled chunk boundaries
+        # Pages that straddled chunk boundaries, and pages of earlier chunks that the kernel's
+        # fault-around mapped again while it read the next one.
+        release_pages(source)
     return out
