@@ -4,9 +4,10 @@ Each load runs in a fresh subprocess: imports first, then the peak-RSS counter i
 (``/proc/self/clear_refs``), then ``from_pretrained`` and one forward pass (the forward touches
 every weight, so memory-mapped pages count too). Peak = ``VmHWM`` after the forward minus
 ``VmRSS`` before the call. The weights are generated once (random GPT-2, 24 layers x 1024) into
-``--workdir`` as a transformers directory and a sat checkpoint in both formats (``.pt`` and
-safetensors); their files are read once before each load, so every load starts from the page
-cache and none pays for the disk.
+``--workdir`` as a transformers directory, one more with the head untied (which stores as many
+bytes as sat's checkpoints, whose GPT-2 has its own ``lm_head``) and a sat checkpoint in both
+formats (``.pt`` and safetensors); their files are read once before each load, so every load
+starts from the page cache and none pays for the disk.
 
     python bench/loading.py [--repeats 3] [--workdir DIR] [--output table.md]
 """
@@ -37,6 +38,7 @@ CASES = {
     "sat .pt, fp32 -> bf16": ("sat", "sat_pt", "bfloat16", False),
     "sat safetensors, fp32 -> bf16": ("sat", "sat_st", "bfloat16", False),
     "transformers, fp32 -> bf16": ("hf", "hf", "bfloat16", False),
+    "transformers, fp32 -> bf16, head untied (sat's bytes)": ("hf", "hf_untied", "bfloat16", False),
     "sat safetensors, fp32, device_map='auto', cpu 512 MiB + disk": ("sat", "sat_st", None, True),
 }
 TOKENS = 16
@@ -96,9 +98,12 @@ def child(loader: str, directory: str, dtype_name: str | None, offload: bool) ->
 
 
 def generate(workdir: str, layers: int, hidden: int) -> dict[str, str]:
-    """The three copies of one random GPT-2 in ``workdir`` (made once); returns their directories."""
-    dirs = {name: os.path.join(workdir, name) for name in ("hf", "sat_pt", "sat_st")}
-    if all(os.path.isdir(path) for path in dirs.values()):
+    """The copies of one random GPT-2 in ``workdir`` (each made once); returns their directories:
+    transformers' (head tied to the embedding), transformers' with the head saved as its own
+    tensor (the bytes of sat's checkpoints), sat's ``.pt`` and sat's safetensors."""
+    dirs = {name: os.path.join(workdir, name) for name in ("hf", "hf_untied", "sat_pt", "sat_st")}
+    missing = [name for name, path in dirs.items() if not os.path.isdir(path)]
+    if not missing:
         return dirs
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -106,13 +111,20 @@ def generate(workdir: str, layers: int, hidden: int) -> dict[str, str]:
     from sat.hf import from_hf
     from sat.training.model_io import save_checkpoint
 
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=layers, n_embd=hidden, n_head=hidden // 64, n_positions=1024, vocab_size=50257)
-    GPT2LMHeadModel(config).save_pretrained(dirs["hf"], max_shard_size="10GB")
-    model, args = from_hf(dirs["hf"])
-    for key, fmt in (("sat_pt", "pt"), ("sat_st", "safetensors")):
-        args.save, args.checkpoint_format = dirs[key], fmt
-        save_checkpoint(1, model, None, None, args)
+    if "hf" in missing:
+        torch.manual_seed(0)
+        config = GPT2Config(n_layer=layers, n_embd=hidden, n_head=hidden // 64, n_positions=1024, vocab_size=50257)
+        GPT2LMHeadModel(config).save_pretrained(dirs["hf"], max_shard_size="10GB")
+    if "hf_untied" in missing:
+        tied = GPT2LMHeadModel.from_pretrained(dirs["hf"])
+        untied = GPT2LMHeadModel(GPT2Config(**{**tied.config.to_dict(), "tie_word_embeddings": False}))
+        untied.load_state_dict({**tied.state_dict(), "lm_head.weight": tied.lm_head.weight.clone()})
+        untied.save_pretrained(dirs["hf_untied"], max_shard_size="10GB")
+    if {"sat_pt", "sat_st"} & set(missing):
+        model, args = from_hf(dirs["hf"])
+        for key, fmt in (("sat_pt", "pt"), ("sat_st", "safetensors")):
+            args.save, args.checkpoint_format = dirs[key], fmt
+            save_checkpoint(1, model, None, None, args)
     return dirs
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from sat.hf import MappingError, from_hf, hf_to_sat_state_dict, save_hf, to_hf
+from sat.hf import MappingError, from_hf, hf_to_sat_state_dict, read_hf_weights, save_hf, to_hf
 from sat.model import AutoModel
 from sat.training.model_io import save_checkpoint
 
@@ -36,6 +36,15 @@ def check_hf_round_trip(hf_model, sat_forward: Forward, hf_forward: Forward, tmp
 
     directory = os.path.join(str(tmp_path), "hf")
     save_hf(model, directory)
+    # A tied weight is written once, as save_pretrained writes it; sat reads the directory back.
+    saved = read_hf_weights(directory)
+    for key, source in getattr(hf_model, "all_tied_weights_keys", {}).items():
+        if torch.equal(original[key], original[source]):
+            assert key not in saved and source in saved, (key, source)
+    again, _ = from_hf(directory)
+    assert set(again.state_dict()) == set(model.state_dict())
+    for key, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
     reloaded = type(hf_model).from_pretrained(directory).eval()
     with torch.no_grad():
         # Not bitwise: safetensors places tensors 8-byte aligned, and a matrix product over a

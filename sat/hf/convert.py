@@ -156,9 +156,10 @@ def from_hf(
     return model, args
 
 
-def _checked_hf_state(model: torch.nn.Module) -> tuple[type, object, dict[str, torch.Tensor]]:
-    """``(HF class, HF config, HF state dict)`` of sat ``model``; a ``MappingError`` unless the
-    state dict has exactly the keys and shapes of that class (checked on ``meta``)."""
+def _checked_hf_state(model: torch.nn.Module) -> tuple[type, object, dict[str, torch.Tensor], dict[str, str]]:
+    """``(HF class, HF config, HF state dict, tied keys)`` of sat ``model``; a ``MappingError``
+    unless the state dict has exactly the keys and shapes of that class (checked on ``meta``).
+    The tied keys map each key that class ties on loading to the key it takes the tensor from."""
     import transformers
 
     family = family_for_sat_model(model)
@@ -166,7 +167,8 @@ def _checked_hf_state(model: torch.nn.Module) -> tuple[type, object, dict[str, t
     hf_class = getattr(transformers, family.hf_class_name(_sat_args(family, config)))
     hf_state = sat_to_hf_state_dict(model, config)
     with torch.device("meta"):
-        expected = hf_class(config).state_dict()
+        skeleton = hf_class(config)
+    expected = skeleton.state_dict()
     missing = [key for key in expected if key not in hf_state]
     extra = [key for key in hf_state if key not in expected]
     shapes = [
@@ -176,12 +178,12 @@ def _checked_hf_state(model: torch.nn.Module) -> tuple[type, object, dict[str, t
     ]
     if missing or extra or shapes:
         raise MappingError(f"{family.name}: to_hf state dict misses {missing}, has extra {extra}, shapes {shapes}")
-    return hf_class, config, hf_state
+    return hf_class, config, hf_state, dict(getattr(skeleton, "all_tied_weights_keys", {}))
 
 
 def to_hf(model: torch.nn.Module):
     """The ``transformers`` model equal to sat ``model`` (eval mode, same dtype)."""
-    hf_class, config, hf_state = _checked_hf_state(model)
+    hf_class, config, hf_state, _ = _checked_hf_state(model)
     dtype = next(model.parameters()).dtype
     hf_model = hf_class.from_pretrained(None, config=config, state_dict=hf_state, dtype=dtype)
     return hf_model.eval()
@@ -195,9 +197,14 @@ def save_hf(model: torch.nn.Module, directory: str, max_shard_size: int | str = 
 
     No ``transformers`` model is built: the translated state dict (the model's own tensors where
     the layouts agree, views or per-tensor results elsewhere) is written one tensor at a time.
-    Tied weights (an LM head that is the word embedding) are written under each key.
+    A tied weight (an LM head that is the word embedding) is written once, under the key it is
+    tied to, as ``save_pretrained`` does: transformers ties it again on loading. Where the two
+    tensors differ, both are written.
     """
-    hf_class, config, hf_state = _checked_hf_state(model)
+    hf_class, config, hf_state, tied = _checked_hf_state(model)
+    for key, source in tied.items():
+        if key in hf_state and source in hf_state and torch.equal(hf_state[key], hf_state[source]):
+            del hf_state[key]
     config = copy.deepcopy(config)
     config.architectures = [hf_class.__name__]
     config.dtype = next(model.parameters()).dtype
