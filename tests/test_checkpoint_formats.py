@@ -15,6 +15,7 @@ from test_training import ARGV, launch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from sat.checkpoint import CheckpointError, SafetensorsState, parse_size, read_checkpoint_file, rng_states
+from sat.checkpoint.manifest import verify_directory
 from sat.checkpoint.recovery import choose_resume_iteration
 from sat.checkpoint.writing import write_model_states
 from sat.hf import from_hf, read_hf_weights, save_hf
@@ -226,6 +227,7 @@ def test_ema_weights_are_saved_in_the_chosen_format(tmp_path, tiny_args):
     args.save, args.checkpoint_format = str(tmp_path), "safetensors"
     save_checkpoint(1, model, optimizer, None, args)
     assert f"{STEM}.safetensors" in os.listdir(tmp_path / "1-ema")
+    assert verify_directory(str(tmp_path / "1-ema"), checksums=True) == []  # sealed, as an iteration directory
     ema, _ = AutoModel.from_pretrained(str(tmp_path), specific_iteration="1-ema")
     for name, parameter in model.named_parameters():
         assert torch.equal(ema.state_dict()[name], optimizer.state[parameter]["shadow"]), name

@@ -16,7 +16,9 @@ import torch
 
 from sat import mpu
 from sat.checkpoint import DEFAULT_MAX_SHARD_SIZE, shard_path, unwrap_module, write_model_states
+from sat.checkpoint.manifest import seal_directory
 from sat.ops import FusedEmaAdam
+from sat.runtime import barrier
 
 
 def ema_checkpoint_tag(iteration: int) -> str:
@@ -108,7 +110,8 @@ def save_ema_weights(
     """Write the EMA weights of ``model`` as ``iteration_dir/mp_rank_XX_model_states.pt`` (or,
     with ``checkpoint_format="safetensors"``, its safetensors files; the first data-parallel copy
     of each model-parallel rank writes), with ``state`` beside ``"module"``; the model keeps its
-    trained weights. Every rank must call it."""
+    trained weights. The directory is then sealed with a manifest (sizes and SHA-256 of its
+    files), as an iteration directory is. Every rank must call it."""
     update_ema_parameters_to_model(optimizer)
     try:
         if mpu.get_data_parallel_rank() == 0:
@@ -118,3 +121,5 @@ def save_ema_weights(
             write_model_states({"module": weights, **(state or {})}, path, checkpoint_format, max_shard_size)
     finally:
         restore_ema_parameters_back(optimizer)
+    barrier()  # every model-parallel rank has written its file
+    seal_directory(iteration_dir)

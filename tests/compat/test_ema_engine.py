@@ -27,6 +27,7 @@ def _flat(model: torch.nn.Module, group: list[torch.nn.Parameter], names: dict) 
 
 @pytest.mark.slow
 def test_training_main_with_fused_ema_adam_saves_the_ema_weights(tmp_path):
+    from sat.checkpoint.manifest import verify_directory
     from sat.model import AutoModel
     from sat.training.deepspeed_training import get_optimizer_param_groups
 
@@ -38,7 +39,8 @@ def test_training_main_with_fused_ema_adam_saves_the_ema_weights(tmp_path):
     folder = os.path.join(save, result["experiment_name"])
     saved = set(os.listdir(folder))
     assert {"4", "4-ema", "latest", "model_config.json"} <= saved and not any(".partial" in f for f in saved)
-    assert os.listdir(os.path.join(folder, "4-ema")) == ["mp_rank_00_model_states.pt"]
+    assert sorted(os.listdir(os.path.join(folder, "4-ema"))) == ["manifest.json", "mp_rank_00_model_states.pt"]
+    assert verify_directory(os.path.join(folder, "4-ema"), checksums=True) == []
     assert open(os.path.join(folder, "latest")).read() == "4"
 
     trained, _ = AutoModel.from_pretrained(folder)

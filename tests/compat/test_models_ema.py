@@ -118,7 +118,7 @@ def test_save_checkpoint_writes_an_ema_checkpoint_from_pretrained_loads(tmp_path
     save_checkpoint(3, model, optimizer, None, args)
     assert sorted(os.listdir(tmp_path)) == ["3", "3-ema", "latest", "model_config.json"]
     assert (tmp_path / "latest").read_text() == "3"
-    assert os.listdir(tmp_path / "3-ema") == ["mp_rank_00_model_states.pt"]
+    assert sorted(os.listdir(tmp_path / "3-ema")) == ["manifest.json", "mp_rank_00_model_states.pt"]
     for name, p in model.named_parameters():  # the model keeps training from its own weights
         assert torch.equal(p, trained[name]), name
     ema_model, _ = AutoModel.from_pretrained(str(tmp_path), specific_iteration="3-ema")
