@@ -28,23 +28,23 @@ def check_hf_round_trip(hf_model, sat_forward: Forward, hf_forward: Forward, tmp
     assert difference <= atol, difference
     print(f"parity {type(hf_model).__name__} ({hf_model.config.model_type}): max abs difference {difference:.2e}")
 
-    back = to_hf(model)
+    back = to_hf(model).state_dict()
     original = hf_model.state_dict()
-    assert set(back.state_dict()) == set(original)
+    assert set(back) == set(original)
     for key, value in original.items():
-        assert torch.equal(back.state_dict()[key], value), key
+        assert torch.equal(back[key], value), key
 
     directory = os.path.join(str(tmp_path), "hf")
     save_hf(model, directory)
     # A tied weight is written once, as save_pretrained writes it; sat reads the directory back.
     saved = read_hf_weights(directory)
-    for key, source in getattr(hf_model, "all_tied_weights_keys", {}).items():
+    for key, source in hf_model.all_tied_weights_keys.items():
         if torch.equal(original[key], original[source]):
             assert key not in saved and source in saved, (key, source)
-    again, _ = from_hf(directory)
-    assert set(again.state_dict()) == set(model.state_dict())
-    for key, value in model.state_dict().items():
-        assert torch.equal(again.state_dict()[key], value), key
+    again, sat_state = from_hf(directory)[0].state_dict(), model.state_dict()
+    assert set(again) == set(sat_state)
+    for key, value in sat_state.items():
+        assert torch.equal(again[key], value), key
     reloaded = type(hf_model).from_pretrained(directory).eval()
     with torch.no_grad():
         # Not bitwise: safetensors places tensors 8-byte aligned, and a matrix product over a

@@ -30,9 +30,12 @@ _MADV_PAGEOUT = 21  # Linux 5.4+
 # A pagemap entry's top byte (bits 56-63 of the native-endian 64-bit word): bit 7 present,
 # 6 swapped, 5 file page or shared. Each page is classed as the process's own memory (b"a"),
 # the file's (b"f") or not in memory (b"-") with one bytes.translate, not a tensor op per test.
-PRESENT = 0x80
+PRESENT, _SWAPPED, _FILE_OR_SHARED = 0x80, 0x40, 0x20
 _TOP_BYTE = 7 if sys.byteorder == "little" else 0
-_CLASSES = bytes(ord("f") if flags & 0x20 else ord("a") if flags & 0xC0 else ord("-") for flags in range(256))
+_CLASSES = bytes(
+    ord("f") if flags & _FILE_OR_SHARED else ord("a") if flags & (PRESENT | _SWAPPED) else ord("-")
+    for flags in range(256)
+)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
 if _libc is not None:
