@@ -1,14 +1,15 @@
 """Peak host memory and wall time of loading a ~1.5 GB fp32 GPT-2, sat vs transformers.
 
 Each load runs in a fresh subprocess: imports first, then the peak-RSS counter is reset
-(``/proc/self/clear_refs``), then ``from_pretrained`` and one forward pass (the forward touches
-every weight, so memory-mapped pages count too). Peak = ``VmHWM`` after the forward minus
-``VmRSS`` before the call. The weights are generated once (random GPT-2, 24 layers x 1024) into
-``--workdir`` as a transformers directory, one more with the head untied (which stores as many
-bytes as sat's checkpoints, whose GPT-2 has its own ``lm_head``) and a sat checkpoint in both
-formats (``.pt`` and safetensors). Before each load its files are dropped from the page cache and
-read once in order (``_warm``), so every load starts from the page cache, none pays for the disk,
-and every file is cached the same way whatever was done with it before.
+(``/proc/self/clear_refs``), then ``from_pretrained`` (or ``sat.hf.from_hf`` of transformers'
+directory) and one forward pass (the forward touches every weight, so memory-mapped pages count
+too). Peak = ``VmHWM`` after the forward minus ``VmRSS`` before the call. The weights are
+generated once (random GPT-2, 24 layers x 1024) into ``--workdir`` as a transformers directory,
+one more with the head untied (which stores as many bytes as sat's checkpoints, whose GPT-2 has
+its own ``lm_head``) and a sat checkpoint in both formats (``.pt`` and safetensors). Before each
+load its files are dropped from the page cache and read once in order (``_warm``), so every load
+starts from the page cache, none pays for the disk, and every file is cached the same way
+whatever was done with it before.
 
     python bench/loading.py [--repeats 3] [--workdir DIR] [--output table.md]
 """
@@ -36,9 +37,11 @@ CASES = {
     "sat .pt, fp32": ("sat", "sat_pt", None, False),
     "sat safetensors, fp32": ("sat", "sat_st", None, False),
     "transformers, fp32": ("hf", "hf", "float32", False),
+    "sat.hf.from_hf of transformers' files, fp32": ("sat_hf", "hf", None, False),
     "sat .pt, fp32 -> bf16": ("sat", "sat_pt", "bfloat16", False),
     "sat safetensors, fp32 -> bf16": ("sat", "sat_st", "bfloat16", False),
     "transformers, fp32 -> bf16": ("hf", "hf", "bfloat16", False),
+    "sat.hf.from_hf of transformers' files, fp32 -> bf16": ("sat_hf", "hf", "bfloat16", False),
     "transformers, fp32 -> bf16, head untied (sat's bytes)": ("hf", "hf_untied", "bfloat16", False),
     "sat safetensors, fp32, device_map='auto', cpu 512 MiB + disk": ("sat", "sat_st", None, True),
 }
@@ -63,6 +66,8 @@ def child(loader: str, directory: str, dtype_name: str | None, offload: bool) ->
         from sat.model import AutoModel
     else:
         from transformers import GPT2LMHeadModel
+    if loader == "sat_hf":
+        from sat.hf import from_hf
     dtype = getattr(torch, dtype_name) if dtype_name else None
     ids = torch.arange(TOKENS)[None]  # [1, s]
     with open("/proc/self/clear_refs", "w") as f:
@@ -75,12 +80,14 @@ def child(loader: str, directory: str, dtype_name: str | None, offload: bool) ->
         model, _ = AutoModel.from_pretrained(directory, dtype=dtype, **placing)
     elif loader == "sat":
         model, _ = AutoModel.from_pretrained(directory, dtype=dtype)
+    elif loader == "sat_hf":
+        model, _ = from_hf(directory, dtype=dtype)
     else:
         model = GPT2LMHeadModel.from_pretrained(directory, dtype=dtype).eval()
     loaded = time.perf_counter()
     peak_load = _status("VmHWM") - before
     with torch.no_grad():
-        logits = model(ids, ids, -1)[0] if loader == "sat" else model(ids).logits  # [1, s, vocab]
+        logits = model(ids, ids, -1)[0] if loader.startswith("sat") else model(ids).logits  # [1, s, vocab]
     forward = time.perf_counter()
     if offload:
         shutil.rmtree(folder)

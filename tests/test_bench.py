@@ -67,3 +67,12 @@ def test_sat_gpt2_bench_decodes_the_same_tokens_as_transformers():
     rows = table_rows(run_bench("sat_gpt2.py", *args, "--repeats", "1", "--warmup", "0", "--threads", "1"))
     assert [row[1] for row in rows] == ["greedy 6 tokens", "greedy 4 tokens"]
     assert all(row[-1] == "True" for row in rows)
+
+
+def test_loading_bench_loads_every_case_in_the_dtype_asked_for(tmp_path):
+    args = ("--layers", "1", "--hidden", "64", "--repeats", "1", "--workdir", str(tmp_path))
+    rows = table_rows(run_bench("loading.py", *args))
+    assert len(rows) == 10
+    for row in rows:
+        assert row[-1] == ("bfloat16" if "bf16" in row[0] else "float32"), row
+        assert float(row[4]) > 0 and float(row[5]) > 0, row

@@ -64,6 +64,21 @@ def test_tied_source_gives_separate_parameters():
     assert torch.equal(head, embeddings) and head.data_ptr() != embeddings.data_ptr()
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_tied_directory_gives_separate_parameters_in_every_dtype(tmp_path, dtype):
+    """The saved directory holds the embedding only: sat's head takes its values, in the dtype
+    loaded, on storage of its own."""
+    hf = GPT2LMHeadModel(hf_config())
+    hf.save_pretrained(tmp_path)
+    model, _ = from_hf(str(tmp_path), dtype=dtype)
+    head = model.get_mixin("gpt2-final").lm_head.weight
+    embeddings = model.transformer.word_embeddings.weight
+    expected = hf.transformer.wte.weight.detach().to(dtype or torch.float32)
+    assert head.dtype == embeddings.dtype == expected.dtype
+    assert torch.equal(head, expected) and torch.equal(embeddings, expected)
+    assert head.untyped_storage().data_ptr() != embeddings.untyped_storage().data_ptr()
+
+
 def test_conv1d_weights_are_used_in_place_and_train_save_reload(tmp_path):
     """Conv1D's ``[in, out]`` weights become sat's ``[out, in]`` parameters as transposed views
     (no copy); such a model trains like one with contiguous weights, decodes, saves and reloads."""

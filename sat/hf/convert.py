@@ -25,6 +25,7 @@ from sat.checkpoint import (
     saved_dtype,
     set_dtype_flags,
 )
+from sat.helpers import gc_paused
 from sat.hf.family import Family, family_for_model_type, family_for_sat_model
 from sat.hf.mapping import MappingError
 from sat.model.auto import get_model_class
@@ -98,6 +99,7 @@ def sat_to_hf_state_dict(model: torch.nn.Module, config=None) -> dict[str, torch
     return family.finish_hf_state(family.state_map(args).sat_to_hf(model.state_dict(), family.context(args)), config)
 
 
+@gc_paused()
 def from_hf(
     source,
     *,

@@ -26,8 +26,11 @@ def head_fields(model, mixin: str, lm_class: str, base_class: str) -> dict:
 def fill_tied_head(state: dict, config, base_class: str, embedding_key: str, always: bool = False) -> dict:
     """``state`` with ``lm_head.weight`` filled in from ``embedding_key`` when ``config`` ties
     them (or ``always``, where a missing head can only be the tied one) and the head was not
-    saved. A copy: sat's head is a parameter of its own, which must not alias the embedding."""
+    saved. The same tensor, not a copy: sat's head is a parameter of its own, and loading gives
+    it one (``load_state_dict_into`` copies a tensor a second parameter would share; a conversion
+    to another dtype makes one anyway), so a copy here would only cost a pass over the
+    embedding and its memory."""
     tied = always or getattr(config, "tie_word_embeddings", False)
     if tied and not is_headless(config, base_class) and "lm_head.weight" not in state:
-        state["lm_head.weight"] = state[embedding_key].clone()
+        state["lm_head.weight"] = state[embedding_key]
     return state
