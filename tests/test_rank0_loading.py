@@ -5,6 +5,7 @@ normal load gives it (resharded from an MP1 checkpoint, and read from an MP2 one
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 
@@ -13,7 +14,8 @@ import torch
 from distributed import run_workers
 
 from sat import mpu
-from sat.checkpoint import CheckpointError
+from sat.checkpoint import CheckpointError, broadcast
+from sat.checkpoint.page_release import PRESENT, page_flags
 from sat.model import AutoModel, BaseModel
 from sat.model.official import GPT2Model
 from sat.training.model_io import save_checkpoint
@@ -98,3 +100,50 @@ def test_only_rank0_opens_files_and_every_rank_gets_its_exact_part(tmp_path):
     assert any("mp1/model_config.json" in path for path in results[0]["mp1 opened"])
     assert any("mp2/5/mp_rank_01_model_states.pt" in path for path in results[0]["mp2 opened"])
     assert results[1]["mp1 opened"] == [] and results[1]["mp2 opened"] == [], root
+
+
+def _resident_pages(tensor: torch.Tensor) -> int:
+    """How many whole pages of a dense CPU ``tensor``'s memory are in this process's resident set."""
+    begin = tensor.data_ptr()
+    first = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = (begin + tensor.numel() * tensor.element_size()) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last <= first:
+        return 0
+    return sum(1 for flags in page_flags(first, last) if flags & PRESENT)
+
+
+def _sent_pages_worker(rank: int, world: int, root: str) -> dict:
+    mp1, mp2 = os.path.join(root, "mp1"), os.path.join(root, "mp2")
+    split, split_args = GPT2Model.from_pretrained(mp1, overwrite_args={"model_parallel_size": 2})
+    split_args.save, split_args.checkpoint_format = mp2, "safetensors"
+    save_checkpoint(1, split, None, None, split_args)
+    expected = _state(split)
+    sent: list[tuple[int, int]] = []  # (whole pages, resident after the send) of each tensor sent away
+    transfer = broadcast._Route.transfer
+
+    def spying_transfer(route, targets, buffer, comm):
+        transfer(route, targets, buffer, comm)
+        for destination in route.sends if targets is not None else []:
+            tensor = targets[destination]
+            pages = tensor.numel() * tensor.element_size() // mmap.PAGESIZE
+            sent.append((pages, _resident_pages(tensor)))
+
+    broadcast._Route.transfer = spying_transfer
+    loaded, _ = GPT2Model.from_pretrained(mp2, from_rank0=True)
+    return {"sent": sent, "equal": all(torch.equal(v, expected[k]) for k, v in _state(loaded).items())}
+
+
+def test_rank0_keeps_no_page_of_the_shards_it_sent(tmp_path):
+    """At model-parallel size 2, rank 0 reads both ranks' files and sends rank 1 its shard; once
+    sent, no whole page of it stays in rank 0's resident set (the file's pages are released)."""
+    args = GPT2Model.get_args(
+        num_layers=1, hidden_size=64, num_attention_heads=4, vocab_size=4096, max_sequence_length=32
+    )
+    args.save = str(tmp_path / "mp1")
+    save_checkpoint(1, GPT2Model(args), None, None, args)
+    results = run_workers(_sent_pages_worker, 2, str(tmp_path))
+    assert results[0]["equal"] and results[1]["equal"]
+    sent = results[0]["sent"]
+    assert sum(pages for pages, _ in sent) >= 4096 // 2 * 64 * 4 // mmap.PAGESIZE  # at least rank 1's embedding shard
+    assert [resident for _, resident in sent] == [0] * len(sent)
+    assert results[1]["sent"] == []

@@ -10,7 +10,9 @@ Two routes: ``broadcast_state_from_rank0`` gives every rank of a group the same 
 parallelism, FSDP's meta-device initialisation); ``distribute_shards_from_rank0`` gives each
 rank its model-parallel shard: rank 0 sends shard ``r`` to model-parallel rank ``r`` of its own
 model-parallel group (the ranks of data-parallel rank 0), which broadcasts it over its
-data-parallel group. Transfers run on the backend's device (CUDA for NCCL, CPU for gloo).
+data-parallel group. Transfers run on the backend's device (CUDA for NCCL, CPU for gloo). The
+file pages of a shard rank 0 sent away are released once sent, so rank 0 holds its own shard,
+not every rank's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch.distributed as dist
 
 from sat import mpu
 from sat.checkpoint.errors import CheckpointError
+from sat.checkpoint.page_release import release_pages
 from sat.checkpoint.state_dict import load_state_dict_into
 
 T = TypeVar("T")
@@ -133,7 +136,9 @@ class _Route:
         if self.point_to_point:
             if targets is not None:
                 for destination in self.sends:
-                    dist.send(_bytes(targets[destination].to(comm)), dst=destination)
+                    sent = _bytes(targets[destination].to(comm))
+                    dist.send(sent, dst=destination)
+                    release_pages(sent)  # another rank's shard: its file pages need not stay here
             elif self.sends:
                 dist.recv(_bytes(buffer), src=self.sends[0])
         if self.broadcast:
