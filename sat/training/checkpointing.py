@@ -20,6 +20,7 @@ import atexit
 import os
 import shutil
 import sys
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -136,57 +137,84 @@ def _full_state_dict(engine) -> dict[str, torch.Tensor]:
     return gathered_state_dict(engine.module, keep=mpu.get_data_parallel_rank() == 0)
 
 
-def _save_engine_checkpoint(iteration: int, engine, lr_scheduler, args, client_state: dict) -> None:
+def save_training_checkpoint(
+    iteration: int,
+    module: torch.nn.Module,
+    lr_scheduler,
+    args,
+    state: dict,
+    write: Callable[[str, dict, list[str]], list[tuple[str, str]]],
+) -> None:
+    """The steps of every training save (DeepSpeed's engine and FSDP's; see the module
+    docstring): an iteration that already is the latest is not saved again; otherwise
+    ``<iteration>.partial/`` is made afresh and ``write(tag, state, failures)`` writes the
+    engine's files into it (tag ``<iteration>.partial``; ``state``: the engine's entries plus the
+    iteration, schedule, data-parallel size and random states; failed writes appended to
+    ``failures``) and returns other ``(partial directory, final directory)`` pairs it wrote, moved
+    into place with it. Then every rank's random states, the check that no rank failed, the
+    manifest, and on rank 0 the renames, ``model_config.json`` and ``latest``. Every rank calls it."""
     save_dir = save_dir_of(args)
     final = os.path.join(save_dir, str(iteration))
     if from_rank0(os.path.isdir(final) and read_latest(save_dir) == str(iteration)):
         print_rank0(f"{final} is already the latest checkpoint; not saving iteration {iteration} again")
         return
-    safe_engine = use_safe_checkpoint_engine(engine)
-    safe_engine.checkpoint_format = checkpoint_format_of(args)
     tag = f"{iteration}.partial"
     partial = os.path.join(save_dir, tag)
-    if global_rank() == 0 and os.path.isdir(partial):  # left by a save that crashed
-        shutil.rmtree(partial)
+    if global_rank() == 0:
+        if os.path.isdir(partial):  # left by a save that crashed
+            shutil.rmtree(partial)
+        os.makedirs(partial)
     barrier()
     state = {
         "iteration": iteration,
         "client_lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
-        "zero_stage": engine.zero_optimization_stage(),
         "dp_world_size": mpu.get_data_parallel_world_size(),
-        "precision": _precision(engine),
-        **client_state,
+        **state,
     }
     rng = None if getattr(args, "no_save_rng", False) else rng_states()
     if rng is not None:
         state.update(rng)
     print_rank0(f"saving checkpoint {final}")
     failures: list[str] = []
-    safe_engine.failures = failures  # DeepSpeed's writes fail into the list, not between its collectives
-    try:
-        engine.save_checkpoint(save_dir, tag=tag, client_state=state, save_latest=False)
-    finally:
-        safe_engine.failures = None
-    if engine.zero_optimization_partition_weights():
-        # ZeRO-3 writes only partitions; the original layout needs the whole module per MP rank.
-        module_state = _full_state_dict(engine)
-        if mpu.get_data_parallel_rank() == 0:
-            path = get_checkpoint_name(save_dir, tag)
-            _recorded_save(failures, {"module": module_state, **state}, path, safe_engine.checkpoint_format)
+    moves = write(tag, state, failures)
     if rng is not None:
-        _recorded_save(failures, rng, rng_states_path(partial, global_rank()), safe_engine.checkpoint_format)
+        _recorded_save(failures, rng, rng_states_path(partial, global_rank()), checkpoint_format_of(args))
     _raise_if_any_rank_failed(failures, final)
-    ema_tag = _save_engine_ema(iteration, engine, save_dir, safe_engine.checkpoint_format)
     barrier()
     seal_directory(partial)
     barrier()
     if global_rank() == 0:
-        if ema_tag is not None:
-            _replace_dir(os.path.join(save_dir, ema_tag), os.path.join(save_dir, ema_checkpoint_tag(iteration)))
-        _replace_dir(partial, final)
+        for source, target in [*moves, (partial, final)]:
+            _replace_dir(source, target)
         fsync_directory(save_dir)
-        publish_checkpoint(iteration, engine.module, args, save_dir)
+        publish_checkpoint(iteration, module, args, save_dir)
     barrier()
+
+
+def _save_engine_checkpoint(iteration: int, engine, lr_scheduler, args, client_state: dict) -> None:
+    save_dir = save_dir_of(args)
+    safe_engine = use_safe_checkpoint_engine(engine)
+    safe_engine.checkpoint_format = checkpoint_format_of(args)
+
+    def write(tag: str, state: dict, failures: list[str]) -> list[tuple[str, str]]:
+        safe_engine.failures = failures  # DeepSpeed's writes fail into the list, not between its collectives
+        try:
+            engine.save_checkpoint(save_dir, tag=tag, client_state=state, save_latest=False)
+        finally:
+            safe_engine.failures = None
+        if engine.zero_optimization_partition_weights():
+            # ZeRO-3 writes only partitions; the original layout needs the whole module per MP rank.
+            module_state = _full_state_dict(engine)
+            if mpu.get_data_parallel_rank() == 0:
+                path = get_checkpoint_name(save_dir, tag)
+                _recorded_save(failures, {"module": module_state, **state}, path, safe_engine.checkpoint_format)
+        ema_tag = _save_engine_ema(iteration, engine, save_dir, safe_engine.checkpoint_format)
+        if ema_tag is None:
+            return []
+        return [(os.path.join(save_dir, ema_tag), os.path.join(save_dir, ema_checkpoint_tag(iteration)))]
+
+    engine_state = {"zero_stage": engine.zero_optimization_stage(), "precision": _precision(engine), **client_state}
+    save_training_checkpoint(iteration, engine.module, lr_scheduler, args, engine_state, write)
 
 
 def _recorded_save(failures: list[str], obj, path: str, checkpoint_format: tuple[str, int | str]) -> None:

@@ -20,13 +20,11 @@ schedule and the data position, and starts the optimizer fresh, with a warning.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Protocol
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-from sat import mpu
 from sat.checkpoint import (
     CheckpointError,
     checkpoint_format_of,
@@ -34,24 +32,14 @@ from sat.checkpoint import (
     get_checkpoint_name,
     load_checkpoint,
     load_torch_file,
-    publish_checkpoint,
     read_checkpoint_file,
-    read_latest,
-    rng_states,
-    rng_states_path,
     save_dir_of,
 )
-from sat.checkpoint.atomic import fsync_directory
 from sat.checkpoint.broadcast import share_from_rank0
-from sat.checkpoint.manifest import check_file, seal_directory
+from sat.checkpoint.manifest import check_file
 from sat.helpers import print_rank0
-from sat.runtime import barrier, from_rank0, global_rank
-from sat.training.checkpointing import (
-    _raise_if_any_rank_failed,
-    _recorded_save,
-    _replace_dir,
-    restore_schedule_and_rng,
-)
+from sat.runtime import global_rank
+from sat.training.checkpointing import _recorded_save, restore_schedule_and_rng, save_training_checkpoint
 
 
 class FSDPEngine(Protocol):
@@ -79,49 +67,21 @@ def load_fsdp_weights(model: torch.nn.Module, args, specific_iteration: int | No
 def save_fsdp_checkpoint(iteration: int, engine: FSDPEngine, lr_scheduler, args, client_state: dict) -> None:
     """Save the run as ``<args.save>/<iteration>`` (see the module docstring); every rank calls it."""
     save_dir = save_dir_of(args)
-    final = os.path.join(save_dir, str(iteration))
-    if from_rank0(os.path.isdir(final) and read_latest(save_dir) == str(iteration)):
-        print_rank0(f"{final} is already the latest checkpoint; not saving iteration {iteration} again")
-        return
-    partial = os.path.join(save_dir, f"{iteration}.partial")
-    if global_rank() == 0:
-        if os.path.isdir(partial):  # left by a save that crashed
-            shutil.rmtree(partial)
-        os.makedirs(partial)
-    barrier()
-    module, master, optimizer = engine.full_states()
-    state = {
-        "iteration": iteration,
-        "client_lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
-        "engine": "fsdp",
-        "zero_stage": None,  # a DeepSpeed run finds no optimizer state of its own here
-        "dp_world_size": mpu.get_data_parallel_world_size(),
-        "precision": engine.precision,
-        **client_state,
-    }
-    rng = None if getattr(args, "no_save_rng", False) else rng_states()
-    if rng is not None:
-        state.update(rng)
-    print_rank0(f"saving checkpoint {final}")
-    failures: list[str] = []
     checkpoint_format = checkpoint_format_of(args)
-    if global_rank() == 0:
-        model_file = get_checkpoint_name(save_dir, f"{iteration}.partial")
-        _recorded_save(failures, {"module": module, **state}, model_file, checkpoint_format)
-        extra = {"master": master} if engine.precision != "fp32" else {}
-        optimizer_file = os.path.join(partial, OPTIMIZER_FILE)
-        _recorded_save(failures, {"optimizer": optimizer, **extra}, optimizer_file, checkpoint_format)
-    if rng is not None:
-        _recorded_save(failures, rng, rng_states_path(partial, global_rank()), checkpoint_format)
-    _raise_if_any_rank_failed(failures, final)
-    barrier()
-    seal_directory(partial)
-    barrier()
-    if global_rank() == 0:
-        _replace_dir(partial, final)
-        fsync_directory(save_dir)
-        publish_checkpoint(iteration, engine.module, args, save_dir)
-    barrier()
+
+    def write(tag: str, state: dict, failures: list[str]) -> list[tuple[str, str]]:
+        module, master, optimizer = engine.full_states()  # gathered to rank 0 (a collective)
+        if global_rank() == 0:
+            model_file = get_checkpoint_name(save_dir, tag)
+            _recorded_save(failures, {"module": module, **state}, model_file, checkpoint_format)
+            extra = {"master": master} if engine.precision != "fp32" else {}
+            optimizer_file = os.path.join(save_dir, tag, OPTIMIZER_FILE)
+            _recorded_save(failures, {"optimizer": optimizer, **extra}, optimizer_file, checkpoint_format)
+        return []
+
+    # "zero_stage": None: a DeepSpeed run finds no optimizer state of its own here.
+    engine_state = {"engine": "fsdp", "zero_stage": None, "precision": engine.precision, **client_state}
+    save_training_checkpoint(iteration, engine.module, lr_scheduler, args, engine_state, write)
 
 
 def load_fsdp_training_state(engine: FSDPEngine, lr_scheduler, args, iteration: int | None = None) -> dict:
