@@ -131,13 +131,43 @@ def test_convert_both_ways_gives_equal_logits(hf_dir, sat_dir, tmp_path):
     assert AutoTokenizer.from_pretrained(back).encode("w3 w4") == [8, 9]
 
 
+def test_info_describes_a_transformers_directory(hf_dir, tmp_path):
+    info = json.loads(run_sat("info", hf_dir, "--json").stdout)
+    hf = LlamaForCausalLM.from_pretrained(hf_dir)
+    count = sum(p.numel() for p in hf.parameters())  # untied: each weight stored once
+    assert (info["format"], info["model_type"], info["architectures"]) == (
+        "transformers",
+        "llama",
+        ["LlamaForCausalLM"],
+    )
+    with open(os.path.join(hf_dir, "tokenizer_config.json")) as f:
+        tokenizer_class = json.load(f)["tokenizer_class"]  # what transformers' save_pretrained recorded
+    assert info["sat_class"] == "LLaMAModel" and info["tokenizer"] == tokenizer_class
+    assert info["parameters"] == count and info["dtypes"] == {"float32": count}
+    files = {entry["path"]: entry["bytes"] for entry in info["files"]}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(files)
+    assert files["model.safetensors"] == os.path.getsize(os.path.join(hf_dir, "model.safetensors"))
+    text = run_sat("info", hf_dir).stdout
+    assert "transformers model:  llama (LlamaForCausalLM)" in text and "sat class:           LLaMAModel" in text
+
+    unknown = tmp_path / "unknown"
+    shutil.copytree(hf_dir, unknown)
+    with open(unknown / "config.json") as f:
+        config = json.load(f)
+    with open(unknown / "config.json", "w") as f:
+        json.dump({**config, "model_type": "olmo", "architectures": ["OlmoForCausalLM"]}, f)  # no sat.hf family
+    info = json.loads(run_sat("info", str(unknown), "--json").stdout)
+    assert (info["model_type"], info["sat_class"], info["parameters"]) == ("olmo", None, count)
+    assert "sat class:           none (sat.hf cannot translate it)" in run_sat("info", str(unknown)).stdout
+
+
 def test_info_json_and_reshard_of_a_bf16_model_parallel_conversion(hf_dir, sat_dir, tmp_path):
     mp2, mp1 = str(tmp_path / "mp2"), str(tmp_path / "mp1")
     run_sat("convert", hf_dir, mp2, "--to", "sat", "--dtype", "bf16", "--model-parallel-size", "2")
     info = json.loads(run_sat("info", mp2, "--json").stdout)
     model, _ = AutoModel.from_pretrained(sat_dir)
     count = sum(p.numel() for p in model.parameters())
-    assert info["model_class"] == "LLaMAModel" and info["model_parallel_size"] == 2
+    assert info["format"] == "sat" and info["model_class"] == "LLaMAModel" and info["model_parallel_size"] == 2
     assert info["parameters"] == count and info["dtypes"] == {"bfloat16": count}
     assert (info["latest"], info["iterations"], info["tokenizer"]) == ("1", ["1"], "tokenizer")
     assert info["mixins"] == {name: type(mixin).__name__ for name, mixin in model.mixins.items()}

@@ -1,6 +1,6 @@
-"""``sat info PATH``: what a sat checkpoint holds, read from its metadata and memory-mapped
-weight files (the model is built on ``meta`` only, to learn its mixins and which weights are
-split across model-parallel shards)."""
+"""``sat info PATH``: what a sat checkpoint or a ``transformers`` model directory holds, read from
+its metadata and memory-mapped weight files (no weight is read; a sat checkpoint's model is built
+on ``meta`` only, to learn its mixins and which weights are split across model-parallel shards)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,16 @@ from sat.tools.cli.models import check_exists
 EXAMPLE = """examples:
   sat info ./llama-sat
   sat info ./llama-sat --json
+  sat info ./llama-hf
 """
 
 
 def register(subparsers) -> None:
     """Add ``info`` to ``subparsers``."""
-    parser = add_command(subparsers, "info", run, "describe a sat checkpoint", __doc__ + "\n" + EXAMPLE)
-    parser.add_argument("path", help="a sat checkpoint directory")
+    parser = add_command(
+        subparsers, "info", run, "describe a sat checkpoint or a transformers directory", __doc__ + "\n" + EXAMPLE
+    )
+    parser.add_argument("path", help="a sat checkpoint directory or a transformers model directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     add_import_option(parser)
 
@@ -43,7 +46,15 @@ def iterations(path: str) -> list[str]:
 
 
 def describe(path: str) -> dict:
-    """The facts ``sat info`` prints, as a JSON-ready dict."""
+    """The facts ``sat info`` prints about the sat checkpoint or ``transformers`` directory
+    ``path``, as a JSON-ready dict."""
+    from sat.checkpoint import is_hf_directory
+
+    return describe_hf(path) if is_hf_directory(path) else describe_sat(path)
+
+
+def describe_sat(path: str) -> dict:
+    """``describe`` of a sat checkpoint."""
     import torch
 
     from sat.arguments import update_args_with_file
@@ -82,13 +93,9 @@ def describe(path: str) -> dict:
         if key in parameters and isinstance(tensor, torch.Tensor):
             factor = model_parallel_size if specs.get(key) is not None else 1
             dtypes[str(tensor.dtype).removeprefix("torch.")] += tensor.numel() * factor
-    files = []
-    for root, _, names in os.walk(path):
-        for name in sorted(names):
-            full = os.path.join(root, name)
-            files.append({"path": os.path.relpath(full, path), "bytes": os.path.getsize(full)})
     return {
         "path": os.path.abspath(path),
+        "format": "sat",
         "model_class": config.get("model_class"),
         "parameters": sum(dtypes.values()),
         "dtypes": dict(dtypes),
@@ -97,8 +104,59 @@ def describe(path: str) -> dict:
         "iterations": iterations(path),
         "mixins": {name: type(mixin).__name__ for name, mixin in meta.mixins.items()},
         "tokenizer": config.get("tokenizer_type"),
-        "files": sorted(files, key=lambda entry: entry["path"]),
+        "files": _files(path),
     }
+
+
+def describe_hf(path: str) -> dict:
+    """``describe`` of a ``transformers`` directory: its config, the sat class ``from_hf`` builds
+    from it (``sat.hf``), and the stored weights (a tied weight the files leave out is not counted)."""
+    from transformers import AutoConfig
+
+    from sat.hf.convert import read_hf_weights
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    weights = read_hf_weights(path)
+    dtypes: Counter[str] = Counter()
+    for key in weights.keys():
+        tensor = weights[key]
+        dtypes[str(tensor.dtype).removeprefix("torch.")] += tensor.numel()
+    tokenizer_config = os.path.join(path, "tokenizer_config.json")
+    tokenizer = None
+    if os.path.isfile(tokenizer_config):
+        with open(tokenizer_config, encoding="utf-8") as f:
+            tokenizer = json.load(f).get("tokenizer_class") or "tokenizer_config.json"
+    elif os.path.isfile(os.path.join(path, "tokenizer.json")):
+        tokenizer = "tokenizer.json"
+    return {
+        "path": os.path.abspath(path),
+        "format": "transformers",
+        "model_type": config.model_type,
+        "architectures": getattr(config, "architectures", None) or [],
+        "sat_class": _sat_class(config),
+        "parameters": sum(dtypes.values()),
+        "dtypes": dict(dtypes),
+        "tokenizer": tokenizer,
+        "files": _files(path),
+    }
+
+
+def _sat_class(config) -> str | None:
+    """The sat class ``from_hf`` builds from ``config``; None where ``sat.hf`` has no family for it."""
+    from sat.hf.family import families
+
+    family = families().get(config.model_type)
+    return family.sat_class_name(config) if family is not None else None
+
+
+def _files(path: str) -> list[dict]:
+    """Every file under ``path``: its path relative to it and its size, in path order."""
+    files = []
+    for root, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(root, name)
+            files.append({"path": os.path.relpath(full, path), "bytes": os.path.getsize(full)})
+    return sorted(files, key=lambda entry: entry["path"])
 
 
 def _size(count: float) -> str:
@@ -118,13 +176,19 @@ def run(options: argparse.Namespace) -> None:
         print(json.dumps(facts, indent=2))
         return
     dtypes = ", ".join(f"{name} {_size(count)}" for name, count in facts["dtypes"].items())
-    mixins = ", ".join(f"{name} ({cls})" for name, cls in facts["mixins"].items()) or "none"
-    print(f"model class:         {facts['model_class']}")
+    if facts["format"] == "transformers":
+        print(f"transformers model:  {facts['model_type']} ({', '.join(facts['architectures']) or 'no architectures'})")
+        translated = f"{facts['sat_class']} (sat.hf.from_hf, AutoModel.from_pretrained)"
+        print(f"sat class:           {translated if facts['sat_class'] else 'none (sat.hf cannot translate it)'}")
+    else:
+        print(f"model class:         {facts['model_class']}")
     print(f"parameters:          {_size(facts['parameters'])} ({facts['parameters']:,})")
     print(f"dtypes:              {dtypes}")
-    print(f"model-parallel size: {facts['model_parallel_size']}")
-    print(f"iterations:          {', '.join(facts['iterations'])} (latest: {facts['latest']})")
-    print(f"mixins:              {mixins}")
+    if facts["format"] == "sat":
+        mixins = ", ".join(f"{name} ({cls})" for name, cls in facts["mixins"].items()) or "none"
+        print(f"model-parallel size: {facts['model_parallel_size']}")
+        print(f"iterations:          {', '.join(facts['iterations'])} (latest: {facts['latest']})")
+        print(f"mixins:              {mixins}")
     print(f"tokenizer:           {facts['tokenizer'] or 'none recorded'}")
     print("files:")
     for entry in facts["files"]:
