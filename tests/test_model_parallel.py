@@ -11,7 +11,7 @@ from distributed import assert_grads_equal, gathered_grads, run_workers
 
 from sat import mpu
 from sat.model import AutoModel, BaseModel
-from sat.model.official import BertModel, GPT2Model, GPTJModel, GPTNeoModel, LLaMAModel, T5Model
+from sat.model.official import GLM130B, BertModel, GPT2Model, GPTJModel, GPTNeoModel, LLaMAModel, T5Model
 from sat.mpu.partition import split_strided
 from sat.tools.reshard import main as reshard_main
 from sat.training.model_io import save_checkpoint
@@ -119,8 +119,9 @@ def _tiny(model_cls, **overrides):
         (T5Model, dict(gated_gelu_mlp=True, no_share_embeddings=True, dec_num_layers=3)),  # v1.1: own lm_head
         (GPTJModel, dict(rotary_dim=4)),  # parallel residual, partial interleaved rotary, biased head
         (GPTNeoModel, dict(attention_types="global,local", window_size="4")),  # 10 tokens: windowed
+        (GLM130B, dict(inner_hidden_size=40)),  # per-head fused qkv, GEGLU halves, DeepNorm, tied head
     ],
-    ids=["gpt2", "gqa-rotary-gated", "llama-gqa", "bert", "t5", "t5-v1.1", "gptj", "gpt_neo"],
+    ids=["gpt2", "gqa-rotary-gated", "llama-gqa", "bert", "t5", "t5-v1.1", "gptj", "gpt_neo", "glm130b"],
 )
 def test_mp2_logits_and_gradients_equal_mp1(tmp_path, model_cls, overrides):
     model, args = _tiny(model_cls, **overrides)

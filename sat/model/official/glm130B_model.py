@@ -22,6 +22,7 @@ from sat.model.position_embedding.rotary import rotate_with
 from sat.model.position_embedding.rotary_2d import rotate_2d
 from sat.model.position_embedding.rotary_embeddings import RotaryEmbedding
 from sat.mpu import ColumnParallelLinear
+from sat.mpu.partition import mark_partitioned
 from sat.mpu.random import model_parallel_dropout_context
 from sat.mpu.utils import divide
 
@@ -88,6 +89,7 @@ class DeepNormWithGLUMixin(BaseMixin):
             layer.mlp.dense_h_to_4h = ColumnParallelLinear(
                 self.hidden_size,
                 2 * self.inner_hidden_size,
+                stride=2,  # [linear; gate]: a rank's shard is its part of each half
                 bias=old.bias is not None,
                 gather_output=False,
                 init_method=self.transformer.init_method,
@@ -181,6 +183,11 @@ class GLM130B(BaseModel):
             getattr(args, "position_encoding_2d", False),
         )
         self.add_mixin("rotary-embedding", rotary)
+        for layer in self.transformer.layers:
+            # Per-head [q; k; v] rows: a rank's shard is whole heads, one contiguous block of the
+            # full projection, not a third of each of Q, K and V as in the default layout.
+            for param in layer.attention.query_key_value.parameters():
+                mark_partitioned(param, dim=0, stride=1)
         if glu:
             self.get_mixin("glu-deepnorm").build_glu(skip_init=getattr(args, "skip_init", False))
 
