@@ -68,6 +68,9 @@ def child(loader: str, directory: str, dtype_name: str | None, offload: bool) ->
         from transformers import GPT2LMHeadModel
     if loader == "sat_hf":
         from sat.hf import from_hf
+        from sat.hf.family import families
+
+        families()  # the translation tables' modules, imported first as transformers' model class is
     dtype = getattr(torch, dtype_name) if dtype_name else None
     ids = torch.arange(TOKENS)[None]  # [1, s]
     with open("/proc/self/clear_refs", "w") as f:
