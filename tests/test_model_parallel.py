@@ -11,7 +11,17 @@ from distributed import assert_grads_equal, gathered_grads, run_workers
 
 from sat import mpu
 from sat.model import AutoModel, BaseModel
-from sat.model.official import GLM130B, BertModel, GPT2Model, GPTJModel, GPTNeoModel, LLaMAModel, T5Model
+from sat.model.official import (
+    GLM130B,
+    BertModel,
+    ChatGLM2Model,
+    GPT2Model,
+    GPTJModel,
+    GPTNeoModel,
+    LLaMAModel,
+    MixtralModel,
+    T5Model,
+)
 from sat.mpu.partition import split_strided
 from sat.tools.reshard import main as reshard_main
 from sat.training.model_io import save_checkpoint
@@ -120,8 +130,24 @@ def _tiny(model_cls, **overrides):
         (GPTJModel, dict(rotary_dim=4)),  # parallel residual, partial interleaved rotary, biased head
         (GPTNeoModel, dict(attention_types="global,local", window_size="4")),  # 10 tokens: windowed
         (GLM130B, dict(inner_hidden_size=40)),  # per-head fused qkv, GEGLU halves, DeepNorm, tied head
+        (ChatGLM2Model, dict(num_multi_query_heads=2)),  # the 'mlp' mixin's own gate projections
+        (ChatGLM2Model, dict(num_multi_query_heads=2, is_gated_mlp=True)),
+        (MixtralModel, dict(num_multi_query_heads=2, num_experts=4, use_bias=False)),  # experts and router
     ],
-    ids=["gpt2", "gqa-rotary-gated", "llama-gqa", "bert", "t5", "t5-v1.1", "gptj", "gpt_neo", "glm130b"],
+    ids=[
+        "gpt2",
+        "gqa-rotary-gated",
+        "llama-gqa",
+        "bert",
+        "t5",
+        "t5-v1.1",
+        "gptj",
+        "gpt_neo",
+        "glm130b",
+        "chatglm2-mixin-mlp",
+        "chatglm2-gated",
+        "mixtral",
+    ],  # fmt: skip
 )
 def test_mp2_logits_and_gradients_equal_mp1(tmp_path, model_cls, overrides):
     model, args = _tiny(model_cls, **overrides)
