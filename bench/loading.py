@@ -7,11 +7,12 @@ too). Peak = ``VmHWM`` after the forward minus ``VmRSS`` before the call. The we
 generated once (random GPT-2, 24 layers x 1024) into ``--workdir`` as a transformers directory,
 one more with the head untied (which stores as many bytes as sat's checkpoints, whose GPT-2 has
 its own ``lm_head``) and a sat checkpoint in both formats (``.pt`` and safetensors). Before each
-load its files are dropped from the page cache and read once in order (``_warm``), so every load
+load its files are dropped from the page cache and read once in order (``_cache``), so every load
 starts from the page cache, none pays for the disk, and every file is cached the same way
-whatever was done with it before.
+whatever was done with it before; with ``--cold`` they are only dropped, and every load reads the
+disk.
 
-    python bench/loading.py [--repeats 3] [--workdir DIR] [--output table.md]
+    python bench/loading.py [--repeats 3] [--workdir DIR] [--output table.md] [--cold]
 """
 
 from __future__ import annotations
@@ -147,22 +148,22 @@ def _weights_bytes(directory: str) -> int:
     return sum(os.path.getsize(p) for p in _files(directory) if p.endswith((".pt", ".safetensors")))
 
 
-def _warm(directory: str) -> None:
-    """Put every file in the page cache afresh: dropped, then read once in order. The kernel
-    caches a file in folios whose size depends on how it was last read (a sequential read's
-    readahead builds large ones, page-by-page access 4 KiB ones), and a memory-mapped load of a
-    file cached in 4 KiB folios faults 9x as often: 0.2 s more for 1.5 GiB on this VM. Reading
-    what is already cached would keep whatever folios it has, so one case could be measured on
-    small folios and another on large ones."""
+def _cache(directory: str, cold: bool) -> None:
+    """Drop every file of ``directory`` from the page cache and, unless ``cold``, read it once in
+    order. The kernel caches a file in folios whose size depends on how it was last read (a
+    sequential read's readahead builds large ones, page-by-page access 4 KiB ones), and a
+    memory-mapped load of a file cached in 4 KiB folios faults 9x as often: 0.2 s more for 1.5
+    GiB on this VM. Reading what is already cached would keep whatever folios it has, so one case
+    could be measured on small folios and another on large ones."""
     for path in _files(directory):
         with open(path, "rb") as f:
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-            while f.read(64 * 2**20):
+            while not cold and f.read(64 * 2**20):
                 pass
 
 
-def run_case(loader: str, directory: str, dtype: str | None, offload: bool) -> dict:
-    _warm(directory)
+def run_case(loader: str, directory: str, dtype: str | None, offload: bool, cold: bool) -> dict:
+    _cache(directory, cold)
     command = [sys.executable, os.path.abspath(__file__), "--child", loader, directory, dtype or "", str(offload)]
     env = {**os.environ, "SAT_LOGLEVEL": "WARNING", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -181,13 +182,16 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3, help="loads of each case (interleaved); medians shown")
     parser.add_argument("--output", default=None, help="also write the markdown table to this file")
+    parser.add_argument(
+        "--cold", action="store_true", help="drop the files from the page cache before each load: it reads the disk"
+    )
     args = parser.parse_args()
     workdir = args.workdir or tempfile.mkdtemp(prefix="sat-bench-loading-")
     dirs = generate(workdir, args.layers, args.hidden)
     results: dict[str, list[dict]] = {name: [] for name in CASES}
     for repeat in range(args.repeats):
         for name, (loader, source, dtype, offload) in list(CASES.items())[:: 1 if repeat % 2 == 0 else -1]:
-            results[name].append(run_case(loader, dirs[source], dtype, offload))
+            results[name].append(run_case(loader, dirs[source], dtype, offload, args.cold))
     rows = []
     for name, (_, source, _, _) in CASES.items():
         size = _weights_bytes(dirs[source])
@@ -219,7 +223,8 @@ def main() -> None:
     table += (
         f"\n\nGPT-2 {args.layers} x {args.hidden}, fresh process per load; peak = VmHWM after the first forward - "
         f"VmRSS before the call (the largest of {args.repeats}; 'after load': before the forward); times are "
-        f"medians of {args.repeats}."
+        f"medians of {args.repeats}; "
+        + ("cold: each load read its files from the disk." if args.cold else "warm: each load found its files cached.")
     )
     emit(table, args.output)
 

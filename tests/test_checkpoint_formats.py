@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from page_cache import cached_pages, dropped_from_page_cache
 from safetensors import safe_open
 from test_training import ARGV, launch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
@@ -277,6 +278,25 @@ def test_from_hf_reads_a_sharded_directory_like_the_single_file(tmp_path):
     os.remove(missing)
     with pytest.raises(CheckpointError, match=f"names {missing}, which does not exist"):
         from_hf(str(tmp_path / "sharded"))
+
+
+def test_safetensors_tensors_are_views_that_read_nothing_until_used(tmp_path):
+    """``SafetensorsState`` gives ``safe_open``'s tensors, bit for bit, as views of one mapping of
+    the file; unlike ``get_tensor`` (which reads each tensor's first page, and with it the
+    kernel's read-around window), taking them reads nothing from a file not in the page cache."""
+    hf = _hf_gpt2(tie_word_embeddings=False)
+    hf.to(torch.bfloat16).save_pretrained(tmp_path)
+    path = str(tmp_path / "model.safetensors")
+    weights = SafetensorsState(str(tmp_path), "model")
+    if not dropped_from_page_cache(path):
+        pytest.skip("this file system keeps the file in the page cache (tmpfs?)")
+    tensors = {key: weights[key] for key in weights}
+    assert cached_pages(path) == 0
+    with safe_open(path, "pt") as expected:
+        assert sorted(tensors) == sorted(expected.keys())
+        for key, tensor in tensors.items():
+            reference = expected.get_tensor(key)
+            assert tensor.dtype == reference.dtype == torch.bfloat16 and torch.equal(tensor, reference), key
 
 
 # ----------------------------------------------------------------------------- training

@@ -3,14 +3,13 @@ its values never change, and the file stays in the page cache."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import mmap
-import os
 import sys
+import time
 
 import pytest
 import torch
+from page_cache import cached_pages, cached_tensor_pages, dropped_from_page_cache
 
 from sat.checkpoint import conversion, page_release
 
@@ -42,33 +41,15 @@ def test_file_pages_are_unmapped_and_read_back_equal(tmp_path):
     assert torch.equal(mapped, values)
 
 
-def _cached_pages(path) -> int:
-    """How many pages of the file at ``path`` are in the page cache (``mincore`` on a fresh
-    mapping that is never read, so the count is not changed by looking)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        mapping = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)  # writable, for ctypes' address
-    start = ctypes.c_char.from_buffer(mapping)
-    try:
-        flags = (ctypes.c_ubyte * (-(-size // mmap.PAGESIZE)))()
-        assert libc.mincore(ctypes.addressof(start), size, flags) == 0, os.strerror(ctypes.get_errno())
-        return sum(flag & 1 for flag in flags)
-    finally:
-        del start
-        mapping.close()
-
-
 def test_released_file_pages_stay_in_the_page_cache(tmp_path):
     """``MADV_DONTNEED`` on file pages: the next load finds them in memory (``MADV_PAGEOUT``
     would have evicted them and sent it to the disk)."""
     mapped = _saved(tmp_path, torch.randn(PAGES * mmap.PAGESIZE // 4))
     mapped.sum()
-    before = _cached_pages(tmp_path / "w.pt")
+    before = cached_pages(tmp_path / "w.pt")
     page_release.release_pages(mapped)
     assert _resident_pages(mapped) == 0
-    assert before >= PAGES and _cached_pages(tmp_path / "w.pt") == before
+    assert before >= PAGES and cached_pages(tmp_path / "w.pt") == before
 
 
 def test_pages_written_after_loading_keep_their_values(tmp_path):
@@ -111,3 +92,28 @@ def test_a_chunked_conversion_leaves_no_page_of_its_source_resident(tmp_path, mo
     converted = conversion.convert_tensor(source, torch.bfloat16, torch.device("cpu"))
     assert _resident_pages(source) == 0
     assert torch.equal(converted, values.to(torch.bfloat16)) and torch.equal(source, values)
+
+
+def _wait_until_cached(tensor: torch.Tensor, seconds: float = 10.0) -> None:
+    """Wait for every whole page of a file-mapped ``tensor`` to reach the page cache."""
+    deadline = time.monotonic() + seconds
+    while cached_tensor_pages(tensor) < PAGES:
+        assert time.monotonic() < deadline, f"{cached_tensor_pages(tensor)} of {PAGES} pages read ahead"
+        time.sleep(0.01)
+
+
+def test_read_ahead_asks_for_the_next_tensors_up_to_its_lead(tmp_path):
+    first, second = torch.randn(PAGES * mmap.PAGESIZE // 4), torch.randn(PAGES * mmap.PAGESIZE // 4)
+    torch.save({"first": first, "second": second}, tmp_path / "w.pt")
+    state = torch.load(tmp_path / "w.pt", mmap=True, weights_only=True)  # reads the pickle, not the data
+    if not dropped_from_page_cache(tmp_path / "w.pt"):  # the read-around of that read too
+        pytest.skip("this file system keeps the file in the page cache (tmpfs?)")
+
+    ahead = page_release.ReadAhead([state["first"], state["second"]], lead_bytes=mmap.PAGESIZE)
+    ahead.consumed()  # the lead is met by the first tensor alone
+    _wait_until_cached(state["first"])  # the kernel reads asynchronously
+    assert cached_tensor_pages(state["second"]) <= 1  # at most the page it shares with the first
+    assert _resident_pages(state["first"]) == 0  # read into the cache, not mapped into the process
+    ahead.consumed(state["first"])
+    _wait_until_cached(state["second"])
+    assert torch.equal(state["first"], first) and torch.equal(state["second"], second)

@@ -13,6 +13,11 @@ mapping that was written to) it would discard the data, so every page's kind is 
 mixes in pages of the process's own gets ``MADV_PAGEOUT``, which keeps every page's data (in the
 file or in swap) but also evicts the file's pages from the page cache; a range of anonymous
 memory is left alone (its owner frees it). Off Linux, or without ``/proc``, this is a no-op.
+
+The other way round, ``ReadAhead`` asks the kernel to read the next tensors' pages into the page
+cache while the current one converts (``MADV_WILLNEED``, which maps nothing into the process):
+on a checkpoint not in the page cache, the disk then works while the CPU converts, instead of
+each tensor waiting for its pages when first touched.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import sys
 
 import torch
 
+_MADV_WILLNEED = 3
 _MADV_DONTNEED = 4
 _MADV_PAGEOUT = 21  # Linux 5.4+
 # A pagemap entry's top byte (bits 56-63 of the native-endian 64-bit word): bit 7 present,
@@ -41,6 +47,7 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platfo
 if _libc is not None:
     _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _pagemap: tuple[int, int] | None = None  # (pid, descriptor of its /proc/self/pagemap), opened on first use
+_WILLNEED_BYTES = 8 * 2**20  # one MADV_WILLNEED reads at most the device's read-ahead size (8 MiB here)
 
 
 def release_pages(tensor: torch.Tensor) -> None:
@@ -82,3 +89,33 @@ def page_flags(first: int, last: int) -> bytes | None:
     if len(entries) != pages * 8:
         return None
     return entries[_TOP_BYTE::8]  # [pages]
+
+
+class ReadAhead:
+    """Keeps ``MADV_WILLNEED`` asked for the CPU tensors of ``tensors`` (in the order they will be
+    read) up to ``lead_bytes`` beyond what ``consumed`` was told has been read."""
+
+    def __init__(self, tensors: list[torch.Tensor], lead_bytes: int = 256 * 2**20):
+        self._tensors = [t for t in tensors if _libc is not None and t.device.type == "cpu" and t.numel()]
+        self._lead = lead_bytes
+        self._next = 0  # the first tensor not advised yet
+        self._advised = 0  # bytes advised so far
+        self._consumed = 0
+
+    def consumed(self, tensor: torch.Tensor | None = None) -> None:
+        """``tensor`` (one of ``tensors``) has been read; advise further ahead."""
+        if tensor is not None:
+            self._consumed += tensor.numel() * tensor.element_size()
+        while self._next < len(self._tensors) and self._advised - self._consumed < self._lead:
+            tensor = self._tensors[self._next]
+            self._next += 1
+            begin = tensor.data_ptr() // mmap.PAGESIZE * mmap.PAGESIZE
+            end = tensor.data_ptr() + _extent(tensor)
+            for start in range(begin, end, _WILLNEED_BYTES):
+                _libc.madvise(start, min(_WILLNEED_BYTES, end - start), _MADV_WILLNEED)
+            self._advised += tensor.numel() * tensor.element_size()
+
+
+def _extent(tensor: torch.Tensor) -> int:
+    """Bytes from ``tensor``'s first element to the end of its last (a transposed view's too)."""
+    return (sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride())) + 1) * tensor.element_size()

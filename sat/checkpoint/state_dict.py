@@ -10,6 +10,7 @@ import torch
 from sat.checkpoint.conversion import convert_tensor
 from sat.checkpoint.destinations import Destinations
 from sat.checkpoint.errors import CheckpointError
+from sat.checkpoint.page_release import ReadAhead
 from sat.helpers import progress
 
 
@@ -49,15 +50,27 @@ def _assign_meta(module: torch.nn.Module, state: Mapping, keys: list[str], devic
     """
     replaced: dict[int, torch.Tensor] = {}
     storages: set[int] = set()
+    sources = {key: state[key] for key in keys}
+    # The sources that convert, in order (a shared parameter once), are read ahead of their
+    # conversion; a same-dtype source stays lazy, read where it is used.
+    converting: dict[int, torch.Tensor] = {}
+    for key in keys:
+        if sources[key].dtype != tensor_at(module, key).dtype:
+            converting.setdefault(id(tensor_at(module, key)), sources[key])
+    ahead = ReadAhead(list(converting.values()))
+    ahead.consumed()
     for key in progress(keys, total=len(keys), desc="loading weights", unit="tensor"):
         owner, name = _locate(module, key)
         old = tensor_at(module, key)
+        source = sources[key]
         target = device.device(key) if isinstance(device, Destinations) else device
         if isinstance(target, str):  # DISK
-            device.offload(key, convert_tensor(state[key], old.dtype, torch.device("cpu")))
+            device.offload(key, convert_tensor(source, old.dtype, torch.device("cpu")))
+            ahead.consumed(converting.get(id(old)))
             continue
         if id(old) not in replaced:
-            tensor = convert_tensor(state[key], old.dtype, target)
+            tensor = convert_tensor(source, old.dtype, target)
+            ahead.consumed(converting.get(id(old)))
             if tensor.numel() and tensor.data_ptr() in storages:
                 tensor = tensor.clone()
             storages.add(tensor.data_ptr())
