@@ -46,6 +46,7 @@ _CLASSES = bytes(
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
 if _libc is not None:
     _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 _pagemap: tuple[int, int] | None = None  # (pid, descriptor of its /proc/self/pagemap), opened on first use
 _WILLNEED_BYTES = 8 * 2**20  # one MADV_WILLNEED reads at most the device's read-ahead size (8 MiB here)
 
@@ -112,8 +113,18 @@ class ReadAhead:
             begin = tensor.data_ptr() // mmap.PAGESIZE * mmap.PAGESIZE
             end = tensor.data_ptr() + _extent(tensor)
             for start in range(begin, end, _WILLNEED_BYTES):
-                _libc.madvise(start, min(_WILLNEED_BYTES, end - start), _MADV_WILLNEED)
+                stop = min(start + _WILLNEED_BYTES, end)
+                # Asking for cached pages still walks them (0.07 s per 1.5 GiB): a window whose last
+                # page is cached is taken as read (its first may be a neighbour's, read with it).
+                if not _cached((stop - 1) // mmap.PAGESIZE * mmap.PAGESIZE):
+                    _libc.madvise(start, stop - start, _MADV_WILLNEED)
             self._advised += tensor.numel() * tensor.element_size()
+
+
+def _cached(page: int) -> bool:
+    """Whether the page at address ``page`` (of a file mapping) is in the page cache."""
+    flag = ctypes.c_ubyte()
+    return _libc.mincore(page, mmap.PAGESIZE, ctypes.byref(flag)) == 0 and bool(flag.value & 1)
 
 
 def _extent(tensor: torch.Tensor) -> int:
